@@ -1,0 +1,499 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvmhost.ksm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use this from other collections or standalone plugins/modules!
+
+"""What KSM is doing and saving on a host: small pure parsers and the collectors of the ksm_facts module.
+
+Read-only: nothing here writes anywhere. Every collector takes its root (KSM sysfs directory, /proc, the NUMA node
+directory, the systemd runtime directory) as a parameter so that unit tests run on fake trees. Runs on Python 3.6+.
+Formulas: ksm-kernel.md section 8 (kernel Documentation/admin-guide/mm/ksm.rst).
+"""
+
+import errno
+import heapq
+import os
+import platform
+import sys
+import typing as t
+
+from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
+    DEFAULT_ROOT,
+    KNOBS,
+    STATISTIC_NAMES,
+    Sysfs,
+    kernel_release,
+)
+
+PROC_ROOT = "/proc"
+NODE_ROOT = "/sys/devices/system/node"
+SYSTEMD_ROOT = "/run/systemd/system"  # exists only while systemd is the running service manager
+SERVICE_UNITS = ("ksm.service", "ksmtuned.service", "qemu-kvm.service")
+ALWAYS_REPORTED_UNITS = ("ksm.service", "ksmtuned.service")  # qemu-kvm.service (Ubuntu) only where it exists
+UNIT_PROPERTIES = ("Id", "LoadState", "ActiveState", "UnitFileState")
+UNKNOWN = "unknown"
+
+# Reading /proc/<pid>/... can fail for a process that exits meanwhile (ENOENT, ESRCH) or that belongs to someone
+# else (EACCES, EPERM); such entries are skipped.
+GONE = (errno.ENOENT, errno.ESRCH, errno.EACCES, errno.EPERM, errno.EINVAL)
+
+Number = t.Union[int, float]
+Facts = t.Dict[str, t.Any]
+RunCommand = t.Callable[[t.List[str]], t.Tuple[int, str, str]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure parsers
+
+
+def parse_range_list(text):
+    # type: (str) -> t.List[int]
+    """A kernel range list such as '0-1,3' (has_memory, online) -> [0, 1, 3]; '' -> []."""
+    result = []  # type: t.List[int]
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            low, high = part.split("-", 1)
+            result.extend(range(int(low), int(high) + 1))
+        else:
+            result.append(int(part))
+    return result
+
+
+def parse_ksm_stat(text):
+    # type: (str) -> t.Dict[str, t.Union[int, bool]]
+    """/proc/<pid>/ksm_stat: lines 'ksm_rmap_items 5' and 'ksm_merge_any: yes' -> {name: int or bool}.
+
+    Unknown lines of either form are kept; lines that fit neither are ignored. Kernel threads give ''.
+    """
+    values = {}  # type: t.Dict[str, t.Union[int, bool]]
+    for line in text.splitlines():
+        parts = line.replace(":", " ", 1).split() if ":" in line else line.split()
+        if len(parts) != 2:
+            continue
+        key, word = parts
+        if word in ("yes", "no"):
+            values[key] = word == "yes"
+            continue
+        try:
+            values[key] = int(word)
+        except ValueError:
+            continue
+    return values
+
+
+class ProcStat(t.NamedTuple):
+    """The fields of /proc/<pid>/stat the facts use."""
+
+    pid: int
+    comm: str
+    ppid: int
+    utime: int  # clock ticks (field 14)
+    stime: int  # clock ticks (field 15)
+
+
+def parse_proc_stat(text):
+    # type: (str) -> ProcStat
+    """/proc/<pid>/stat; comm may contain spaces and parentheses, so split after the last ')'."""
+    head, _sep, tail = text.rpartition(")")
+    pid_text, _sep, comm = head.partition("(")
+    fields = tail.split()  # fields[0] is field 3 (state)
+    return ProcStat(int(pid_text), comm, int(fields[1]), int(fields[11]), int(fields[12]))
+
+
+def parse_cmdline(raw):
+    # type: (bytes) -> t.List[str]
+    """/proc/<pid>/cmdline (NUL-separated) -> argv."""
+    text = raw.decode("utf-8", "replace")
+    if text.endswith("\0"):
+        text = text[:-1]
+    return text.split("\0") if text else []
+
+
+def _split_qemu_opts(text):
+    # type: (str) -> t.List[str]
+    """Split a QEMU option string on ',' where ',,' is an escaped comma."""
+    parts = []  # type: t.List[str]
+    current = []  # type: t.List[str]
+    i = 0
+    while i < len(text):
+        if text[i] == ",":
+            if text[i + 1:i + 2] == ",":
+                current.append(",")
+                i += 2
+                continue
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(text[i])
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+def qemu_guest_name(argv):
+    # type: (t.List[str]) -> t.Optional[str]
+    """The guest name of a QEMU command line: '-name guest=foo,debug-threads=on' or '-name foo' -> 'foo'."""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg not in ("-name", "--name") or i + 1 >= len(argv):
+            continue
+        parts = _split_qemu_opts(argv[i + 1])
+        for n, part in enumerate(parts):
+            if n == 0 and "=" not in part:
+                return part or None  # the implied key of -name is guest
+            key, _sep, value = part.partition("=")
+            if key == "guest":
+                return value or None
+        return None
+    return None
+
+
+def is_qemu(comm, argv):
+    # type: (str, t.List[str]) -> bool
+    """QEMU by command name (qemu-system-x86, qemu-kvm, qemu:<name>, Proxmox kvm) or by argv[0]."""
+    names = [comm]
+    if argv:
+        names.append(os.path.basename(argv[0]))
+    return any(n.startswith("qemu") or n == "kvm" for n in names)
+
+
+def parse_systemctl_show(text):
+    # type: (str) -> t.Dict[str, t.Dict[str, str]]
+    """Output of 'systemctl show -p Id,... unit...' (blocks separated by empty lines) -> {Id: {property: value}}."""
+    units = {}  # type: t.Dict[str, t.Dict[str, str]]
+    block = {}  # type: t.Dict[str, str]
+    for line in text.splitlines() + [""]:
+        if not line.strip():
+            if block.get("Id"):
+                units[block["Id"]] = block
+            block = {}
+            continue
+        key, _sep, value = line.partition("=")
+        block[key.strip()] = value.strip()
+    return units
+
+
+def word_bits(machine=None):
+    # type: (t.Optional[str]) -> int
+    """64 on a 64-bit kernel (x86_64, aarch64, ppc64le, s390x, riscv64, ...), else 32."""
+    machine = platform.machine() if machine is None else machine
+    if machine:
+        return 64 if ("64" in machine or machine == "s390x") else 32
+    return 64 if sys.maxsize > 2 ** 32 else 32
+
+
+def rmap_item_size(bits):
+    # type: (int) -> int
+    """sizeof(struct ksm_rmap_item): 64 bytes on 64-bit kernels, 32 on 32-bit (ksm.rst)."""
+    return 64 if bits == 64 else 32
+
+
+def _ratio(numerator, denominator):
+    # type: (int, int) -> t.Optional[float]
+    if not denominator:
+        return None
+    return round(float(numerator) / denominator, 3)
+
+
+def derive(tunables, statistics, page_size, bits=64):
+    # type: (t.Dict[str, t.Any], t.Dict[str, t.Any], int, int) -> Facts
+    """The derived figures (ksm-kernel.md section 8); every formula is repeated in the module documentation."""
+    stat = statistics.get
+    saved_pages = stat("pages_sharing", 0) + stat("ksm_zero_pages", 0)
+    saved_bytes = saved_pages * page_size
+    rmap_items = stat("pages_shared", 0) + stat("pages_sharing", 0) + stat("pages_unshared", 0) + \
+        stat("pages_volatile", 0)
+    if "general_profit" in statistics:
+        profit_bytes = statistics["general_profit"]
+        profit_source = "general_profit"
+    else:
+        profit_bytes = saved_bytes - rmap_items * rmap_item_size(bits)
+        profit_source = "estimate"
+    pages_to_scan = tunables.get("pages_to_scan")
+    sleep = tunables.get("sleep_millisecs")
+    scan_rate = None  # type: t.Optional[float]
+    if pages_to_scan is not None and sleep:
+        scan_rate = round(pages_to_scan * 1000.0 / sleep, 1)
+    full_scan_seconds = None  # type: t.Optional[float]
+    if scan_rate:
+        full_scan_seconds = round(rmap_items / scan_rate, 1)
+    return {
+        "saved_pages": saved_pages,
+        "saved_bytes": saved_bytes,
+        "rmap_items": rmap_items,
+        "profit_bytes": profit_bytes,
+        "profit_source": profit_source,
+        "sharing_ratio": _ratio(stat("pages_sharing", 0), stat("pages_shared", 0)),
+        "unshared_ratio": _ratio(stat("pages_unshared", 0), stat("pages_sharing", 0)),
+        "scan_rate": scan_rate,
+        "full_scan_seconds": full_scan_seconds,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Collectors
+
+
+def _read(path):
+    # type: (str) -> str
+    with open(path) as f:
+        return f.read()
+
+
+def writable(root=DEFAULT_ROOT, euid=None):
+    # type: (str, t.Optional[int]) -> t.Tuple[bool, str]
+    """Whether KSM under root can be changed from here, and why not. Never writes to find out."""
+    euid = os.geteuid() if euid is None else euid
+    run = os.path.join(root, "run")
+    if euid != 0:
+        return False, "KSM settings can only be changed by root (use become: true)"
+    try:
+        if os.statvfs(root).f_flag & os.ST_RDONLY:
+            return False, "{0} is on a read-only file system, which looks like a container".format(root)
+    except OSError:
+        pass
+    if not os.access(run, os.W_OK):
+        return False, "{0} is not writable here".format(run)
+    return True, ""
+
+
+def numa_facts(node_root=NODE_ROOT, merge_across_nodes=None):
+    # type: (str, t.Optional[bool]) -> Facts
+    """Nodes, memory nodes and distances, and the merge_across_nodes value the RHEL guidance recommends.
+
+    Recommendation: false with more than one memory node, else true; None where the kernel has no
+    merge_across_nodes file (merge_across_nodes is None: a kernel without CONFIG_NUMA).
+    """
+    facts = {"nodes": [], "memory_nodes": [], "distances": {},
+             "merge_across_nodes": merge_across_nodes,
+             "recommended_merge_across_nodes": None}  # type: Facts
+    try:
+        facts["nodes"] = parse_range_list(_read(os.path.join(node_root, "online")))
+    except (IOError, OSError, ValueError):
+        pass
+    try:
+        facts["memory_nodes"] = parse_range_list(_read(os.path.join(node_root, "has_memory")))
+    except (IOError, OSError, ValueError):
+        facts["memory_nodes"] = list(facts["nodes"])
+    for node in facts["nodes"]:
+        try:
+            text = _read(os.path.join(node_root, "node{0}".format(node), "distance"))
+            facts["distances"][str(node)] = [int(d) for d in text.split()]
+        except (IOError, OSError, ValueError):
+            continue
+    if merge_across_nodes is not None:
+        facts["recommended_merge_across_nodes"] = len(facts["memory_nodes"]) <= 1
+    return facts
+
+
+def service_facts(run_command, systemctl, systemd_root=SYSTEMD_ROOT, units=SERVICE_UNITS):
+    # type: (t.Optional[RunCommand], t.Optional[str], str, t.Sequence[str]) -> Facts
+    """States of the KSM units from one 'systemctl show' call; 'unknown' where systemd is not the service manager.
+
+    qemu-kvm.service (Ubuntu) is reported only where systemd knows it.
+    """
+    unknown = dict((name, {"load_state": UNKNOWN, "active_state": UNKNOWN, "unit_file_state": UNKNOWN})
+                   for name in units if name in ALWAYS_REPORTED_UNITS)
+    if not os.path.isdir(systemd_root) or not systemctl or run_command is None:
+        return {"manager": UNKNOWN, "units": unknown}
+    cmd = [systemctl, "show", "-p", ",".join(UNIT_PROPERTIES)] + list(units)
+    try:
+        rc, out, _err = run_command(cmd)
+    except (IOError, OSError):
+        return {"manager": UNKNOWN, "units": unknown}
+    if rc != 0:
+        return {"manager": UNKNOWN, "units": unknown}
+    shown = parse_systemctl_show(out)
+    result = {}  # type: t.Dict[str, t.Dict[str, str]]
+    for name in units:
+        props = shown.get(name, {})
+        load_state = props.get("LoadState") or UNKNOWN
+        if name not in ALWAYS_REPORTED_UNITS and load_state in ("not-found", UNKNOWN):
+            continue
+        result[name] = {
+            "load_state": load_state,
+            "active_state": props.get("ActiveState") or UNKNOWN,
+            "unit_file_state": props.get("UnitFileState") or UNKNOWN,
+        }
+    return {"manager": "systemd", "units": result}
+
+
+def process_source(proc_root=PROC_ROOT):
+    # type: (str) -> t.Optional[str]
+    """Which per-process KSM file this kernel has: 'ksm_stat' (6.1+), 'ksm_merging_pages' (5.19+) or None."""
+    for name in ("ksm_stat", "ksm_merging_pages"):
+        if os.path.exists(os.path.join(proc_root, "self", name)):
+            return name
+    return None
+
+
+def _process_record(pid, source, text):
+    # type: (int, str, str) -> t.Optional[Facts]
+    if source == "ksm_stat":
+        stat = parse_ksm_stat(text)
+        if not stat:
+            return None  # kernel thread or zombie: no mm
+        record = {"pid": pid, "merging_pages": stat.get("ksm_merging_pages", 0)}  # type: Facts
+        for key, name in (("ksm_zero_pages", "zero_pages"), ("ksm_rmap_items", "rmap_items"),
+                          ("ksm_process_profit", "profit_bytes"), ("ksm_merge_any", "merge_any"),
+                          ("ksm_mergeable", "mergeable")):
+            if key in stat:
+                record[name] = stat[key]
+        return record
+    text = text.strip()
+    if not text:
+        return None
+    return {"pid": pid, "merging_pages": int(text)}
+
+
+def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
+    # type: (str, int, int, t.Optional[str]) -> Facts
+    """One pass over proc_root: ksmd (pid, CPU ticks), ksmtuned processes and the top `limit` processes by merged
+    pages. Per pid it reads stat and, when limit > 0, the per-process KSM file. Entries that vanish or cannot be
+    read are skipped. Returns {"ksmd": ..., "ksmtuned_pids": [...], "processes": [...]} (processes sorted)."""
+    if limit > 0 and source is None:
+        source = process_source(proc_root)
+    ksmd = None  # type: t.Optional[ProcStat]
+    ksmtuned = []  # type: t.List[int]
+    records = []  # type: t.List[Facts]
+    comms = {}  # type: t.Dict[int, str]
+    try:
+        entries = os.listdir(proc_root)
+    except OSError:
+        entries = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        base = os.path.join(proc_root, entry)
+        try:
+            stat = parse_proc_stat(_read(os.path.join(base, "stat")))
+        except (IOError, OSError, ValueError, IndexError):
+            continue  # exited meanwhile, or unreadable
+        if stat.comm == "ksmd" and stat.ppid == 2:
+            ksmd = stat
+        elif stat.comm == "ksmtuned":
+            ksmtuned.append(pid)
+        if limit <= 0 or source is None or stat.ppid == 2 or pid == 2:
+            continue  # kernel threads have no memory of their own
+        try:
+            record = _process_record(pid, source, _read(os.path.join(base, source)))
+        except (IOError, OSError, ValueError):
+            continue
+        if record and (record["merging_pages"] or record.get("zero_pages")):
+            comms[pid] = stat.comm
+            records.append(record)
+    top = heapq.nlargest(limit, records, key=lambda r: (r["merging_pages"], r.get("zero_pages", 0), -r["pid"])) \
+        if limit > 0 else []
+    processes = []  # type: t.List[Facts]
+    for record in top:
+        pid = record["pid"]
+        record["comm"] = comms[pid]
+        record["saved_bytes"] = (record["merging_pages"] + record.get("zero_pages", 0)) * page_size
+        try:
+            with open(os.path.join(proc_root, str(pid), "cmdline"), "rb") as f:
+                argv = parse_cmdline(f.read())
+        except (IOError, OSError):
+            argv = []
+        record["guest"] = qemu_guest_name(argv) if is_qemu(record["comm"], argv) else None
+        processes.append(record)
+    return {"ksmd": ksmd, "ksmtuned_pids": sorted(ksmtuned), "processes": processes, "source": source}
+
+
+def ksmd_facts(stat, clock_ticks):
+    # type: (t.Optional[ProcStat], int) -> t.Optional[Facts]
+    if stat is None:
+        return None
+    return {"pid": stat.pid, "cpu_seconds": round(float(stat.utime + stat.stime) / clock_ticks, 2)}
+
+
+def unavailable(sysfs_root, release, page_size, reason):
+    # type: (str, str, int, str) -> Facts
+    """The facts of a host whose KSM cannot be read: every key present, empty."""
+    return {
+        "available": False,
+        "reason": reason,
+        "sysfs_path": sysfs_root,
+        "kernel_release": release,
+        "page_size": page_size,
+        "writable": False,
+        "writable_reason": reason,
+        "state": None,
+        "tunables": {},
+        "statistics": {},
+        "features": {"knobs": [], "statistics": [], "other_files": [], "process_file": None},
+        "saved_pages": None,
+        "saved_bytes": None,
+        "rmap_items": None,
+        "profit_bytes": None,
+        "profit_source": None,
+        "sharing_ratio": None,
+        "unshared_ratio": None,
+        "scan_rate": None,
+        "full_scan_seconds": None,
+        "numa": None,
+        "ksmd": None,
+        "services": None,
+        "processes": [],
+    }
+
+
+def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str = PROC_ROOT,
+            node_root: str = NODE_ROOT, systemd_root: str = SYSTEMD_ROOT,
+            run_command: t.Optional[RunCommand] = None, systemctl: t.Optional[str] = None,
+            page_size: t.Optional[int] = None, clock_ticks: t.Optional[int] = None, euid: t.Optional[int] = None,
+            release: t.Optional[str] = None, bits: t.Optional[int] = None) -> Facts:
+    """Everything ansible_facts.ksm holds. Never writes; never fails on a host without KSM."""
+    page_size = page_size or os.sysconf("SC_PAGE_SIZE")
+    clock_ticks = clock_ticks or os.sysconf("SC_CLK_TCK")
+    release = release or kernel_release()
+    bits = bits or word_bits()
+    ksm = Sysfs(sysfs_root)
+    if not os.path.isdir(sysfs_root):
+        return unavailable(sysfs_root, release, page_size,
+                           "{0} does not exist: kernel {1} was built without KSM (CONFIG_KSM) or /sys is not "
+                           "mounted here".format(sysfs_root, release))
+    if not ksm.available():
+        return unavailable(sysfs_root, release, page_size,
+                           "{0} has no run file: this is not a KSM sysfs directory".format(sysfs_root))
+    try:
+        names = sorted(os.listdir(sysfs_root))
+        tunables = ksm.read_tunables()
+        statistics = ksm.read_statistics()
+    except (IOError, OSError, ValueError) as exc:
+        return unavailable(sysfs_root, release, page_size,
+                           "cannot read {0}: {1}".format(sysfs_root, getattr(exc, "strerror", None) or exc))
+    state = tunables.pop("run")
+    can_write, why_not = writable(sysfs_root, euid)
+    scan = scan_proc(proc_root, processes, page_size)
+    facts = {
+        "available": True,
+        "reason": "",
+        "sysfs_path": sysfs_root,
+        "kernel_release": release,
+        "page_size": page_size,
+        "writable": can_write,
+        "writable_reason": why_not,
+        "state": state,
+        "tunables": tunables,
+        "statistics": statistics,
+        "features": {
+            "knobs": [n for n in names if n in KNOBS],
+            "statistics": [n for n in names if n in STATISTIC_NAMES],
+            "other_files": [n for n in names if n not in KNOBS and n not in STATISTIC_NAMES],
+            "process_file": scan["source"] if processes > 0 else process_source(proc_root),
+        },
+        "numa": numa_facts(node_root, tunables.get("merge_across_nodes")),
+        "ksmd": ksmd_facts(scan["ksmd"], clock_ticks),
+        "services": service_facts(run_command, systemctl, systemd_root),
+        "processes": scan["processes"],
+    }  # type: Facts
+    facts["services"]["ksmtuned_running"] = bool(scan["ksmtuned_pids"])
+    facts["services"]["ksmtuned_pids"] = scan["ksmtuned_pids"]
+    facts.update(derive(tunables, statistics, page_size, bits))
+    return facts

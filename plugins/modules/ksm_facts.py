@@ -1,0 +1,534 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) kvmhost.ksm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+DOCUMENTATION = r"""
+module: ksm_facts
+short_description: What Kernel Same-page Merging (KSM) is doing and saving on a host
+version_added: 1.0.0
+description:
+  - Returns C(ansible_facts.ksm) with whether the kernel has KSM, its run state, every tunable and statistic this
+    kernel has (typed), how much memory KSM saves and what it costs, the NUMA topology with the recommended
+    C(merge_across_nodes), the C(ksmd) thread, the KSM services, and the processes (guests) with the most merged pages.
+  - Never changes anything. On a kernel without KSM, or when O(sysfs_path) does not exist, it does not fail but
+    returns RV(ansible_facts.ksm.available=false) with a RV(ansible_facts.ksm.reason).
+  - Decides by the files present, never by kernel version (distribution kernels backport).
+  - Cheap, so it can run with every fact gathering. It reads the KSM sysfs files, the NUMA node files,
+    C(/proc/<pid>/stat) and one per-process KSM file per process in a single pass over C(/proc), the command line of the
+    top O(processes) processes only, and runs one C(systemctl show) for all units when systemd is the service manager.
+  - "Use it as a facts module of C(gather_facts): set C(FACTS_MODULES) through
+    C(facts_modules = smart, kvmhost.ksm.ksm_facts) in C(ansible.cfg) (section C([defaults])), the environment variable
+    C(ANSIBLE_FACTS_MODULES=smart,kvmhost.ksm.ksm_facts), or the variable
+    C(ansible_facts_modules: [smart, kvmhost.ksm.ksm_facts]) (inventory, group or play vars). Options for it come from
+    C(module_defaults) of C(kvmhost.ksm.ksm_facts)."
+  - "Formulas (P = RV(ansible_facts.ksm.page_size); R = the size of C(struct ksm_rmap_item), 64 bytes on 64-bit kernels and 32 on
+    32-bit kernels):"
+  - "RV(ansible_facts.ksm.saved_pages) = C(pages_sharing + ksm_zero_pages) (C(ksm_zero_pages) counts as 0 before
+    kernel 6.5). RV(ansible_facts.ksm.saved_bytes) = RV(ansible_facts.ksm.saved_pages) x P. Not C(pages_shared):
+    those are the pages KSM keeps."
+  - "RV(ansible_facts.ksm.rmap_items) = C(pages_shared + pages_sharing + pages_unshared + pages_volatile), an estimate
+    of the pages KSM tracks (the kernel keeps the exact count internally)."
+  - "RV(ansible_facts.ksm.profit_bytes) = C(general_profit) where the kernel has it (6.4+), else the estimate
+    RV(ansible_facts.ksm.saved_bytes) - RV(ansible_facts.ksm.rmap_items) x R. Can be negative early in a run."
+  - "RV(ansible_facts.ksm.sharing_ratio) = C(pages_sharing / pages_shared) (null while C(pages_shared) is 0);
+    RV(ansible_facts.ksm.unshared_ratio) = C(pages_unshared / pages_sharing) (null while C(pages_sharing) is 0)."
+  - "RV(ansible_facts.ksm.scan_rate) = C(pages_to_scan x 1000 / sleep_millisecs) pages per second, the nominal rate and an
+    upper bound (scanning time adds to the sleep); null when C(sleep_millisecs) is 0 (ksmd then scans continuously,
+    bounded by CPU)."
+  - "RV(ansible_facts.ksm.full_scan_seconds) = RV(ansible_facts.ksm.rmap_items) / RV(ansible_facts.ksm.scan_rate), the
+    estimated time of one full scan over the mergeable memory KSM has seen; null when the scan rate is null or 0."
+  - "Per process: C(saved_bytes) = (C(ksm_merging_pages) + C(ksm_zero_pages)) x P; C(profit_bytes) is the kernel's
+    C(ksm_process_profit) = (C(ksm_merging_pages) + C(ksm_zero_pages)) x P - C(ksm_rmap_items) x R."
+  - "Recommended C(merge_across_nodes) (RHEL guidance): V(false) with more than one memory node, else V(true); null
+    on kernels without the file (no C(CONFIG_NUMA))."
+author:
+  - kvmhost.ksm contributors
+extends_documentation_fragment:
+  - kvmhost.ksm._attributes
+  - kvmhost.ksm._attributes.platform
+  - kvmhost.ksm._attributes.facts
+attributes:
+  check_mode:
+    support: full
+    details: The module only reads, so check mode returns the same facts.
+  diff_mode:
+    support: none
+  facts:
+    support: full
+  idempotent:
+    support: full
+  platform:
+    platforms: linux
+options:
+  processes:
+    description:
+      - How many processes to report in RV(ansible_facts.ksm.processes), those with the most merged pages first.
+      - V(0) skips reading the per-process KSM files.
+    type: int
+    default: 10
+  sysfs_path:
+    description:
+      - The KSM sysfs directory. Change only for tests.
+    type: path
+    default: /sys/kernel/mm/ksm
+notes:
+  - C(/sys/kernel/mm/ksm) is not namespaced. Inside a container the facts describe the host's KSM;
+    RV(ansible_facts.ksm.writable) is V(false) where C(/sys) is mounted read-only.
+  - Without root, other users' C(/proc/<pid>) files may be unreadable; such processes are left out of
+    RV(ansible_facts.ksm.processes).
+seealso:
+  - module: kvmhost.ksm.ksm
+  - name: Kernel Samepage Merging (kernel documentation)
+    description: The KSM sysfs interface and the savings formulas.
+    link: https://docs.kernel.org/admin-guide/mm/ksm.html
+"""
+
+EXAMPLES = r"""
+---
+- name: Read the KSM facts
+  kvmhost.ksm.ksm_facts:
+
+- name: Show how much memory KSM saves
+  ansible.builtin.debug:
+    msg: >-
+      KSM is {{ ansible_facts.ksm.state }} and saves
+      {{ (ansible_facts.ksm.saved_bytes / 1048576) | round(1) }} MiB
+      (net {{ (ansible_facts.ksm.profit_bytes / 1048576) | round(1) }} MiB)
+  when: ansible_facts.ksm.available
+
+- name: Read the KSM facts with the top 3 processes by merged pages
+  kvmhost.ksm.ksm_facts:
+    processes: 3
+
+- name: List the guests that share the most memory
+  ansible.builtin.debug:
+    msg: "{{ item.guest | default(item.comm, true) }} (pid {{ item.pid }}): {{ item.saved_bytes }} bytes"
+  loop: "{{ ansible_facts.ksm.processes }}"
+
+- name: Warn when merge_across_nodes differs from the recommendation for this NUMA topology
+  ansible.builtin.debug:
+    msg: "merge_across_nodes should be {{ ansible_facts.ksm.numa.recommended_merge_across_nodes }}"
+  when:
+    - ansible_facts.ksm.available
+    - ansible_facts.ksm.numa.recommended_merge_across_nodes is not none
+    - ansible_facts.ksm.numa.recommended_merge_across_nodes != ansible_facts.ksm.tunables.merge_across_nodes
+
+# Gather KSM facts with every fact gathering of a play, without the per-process part:
+#
+# - name: Hypervisors
+#   hosts: hypervisors
+#   vars:
+#     ansible_facts_modules: [smart, kvmhost.ksm.ksm_facts]
+#   module_defaults:
+#     kvmhost.ksm.ksm_facts:
+#       processes: 0
+#   tasks:
+#     - name: Show the KSM state
+#       ansible.builtin.debug:
+#         var: ansible_facts.ksm.state
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts to add to C(ansible_facts).
+  returned: always
+  type: complex
+  contains:
+    ksm:
+      description:
+        - What KSM is doing and saving on the host.
+        - When RV(ansible_facts.ksm.available) is V(false), every other key is still present but empty
+          (V(null), V({}) or V([])), except RV(ansible_facts.ksm.kernel_release) and RV(ansible_facts.ksm.page_size).
+      returned: always
+      type: complex
+      contains:
+        available:
+          description: Whether this kernel has KSM and its sysfs directory could be read.
+          returned: always
+          type: bool
+          sample: true
+        reason:
+          description: Why KSM is not available; empty when it is.
+          returned: always
+          type: str
+          sample: ""
+        sysfs_path:
+          description: The KSM sysfs directory that was read (O(sysfs_path)).
+          returned: always
+          type: str
+          sample: /sys/kernel/mm/ksm
+        kernel_release:
+          description: The running kernel (C(uname -r)).
+          returned: always
+          type: str
+          sample: 6.8.0-49-generic
+        page_size:
+          description: The host's page size in bytes (C(_SC_PAGE_SIZE) from C(sysconf)); 65536 on some arm64 and ppc64 hosts.
+          returned: always
+          type: int
+          sample: 4096
+        writable:
+          description:
+            - Whether KSM can be changed from here, that is with root and a C(/sys) that is not mounted read-only
+              (most containers mount it read-only). Decided with C(access) and C(statvfs), never by a write.
+          returned: always
+          type: bool
+          sample: true
+        writable_reason:
+          description: Why RV(ansible_facts.ksm.writable) is V(false); empty when it is V(true).
+          returned: always
+          type: str
+          sample: ""
+        state:
+          description:
+            - The KSM run state from C(run) (masked with 3); V(unmerged) means stopped with every page unmerged (C(run=2)).
+            - V(null) when KSM is not available.
+          returned: always
+          type: str
+          sample: running
+          choices: [running, stopped, unmerged]
+        tunables:
+          description:
+            - Every writable KSM file this kernel has except C(run) (see RV(ansible_facts.ksm.state)), typed; the keys
+              are the option names of M(kvmhost.ksm.ksm). Files the kernel lacks are absent.
+          returned: always
+          type: dict
+          sample:
+            advisor_max_cpu: 70
+            advisor_max_pages_to_scan: 30000
+            advisor_min_pages_to_scan: 500
+            advisor_mode: none
+            advisor_target_scan_time: 200
+            max_page_sharing: 256
+            merge_across_nodes: true
+            pages_to_scan: 100
+            sleep_millisecs: 20
+            smart_scan: true
+            stable_node_chains_prune_millisecs: 2000
+            use_zero_pages: false
+          contains:
+            pages_to_scan:
+              description: Pages scanned per wake-up of ksmd.
+              type: int
+            sleep_millisecs:
+              description: Milliseconds ksmd sleeps between batches.
+              type: int
+            merge_across_nodes:
+              description: Merge pages across NUMA nodes (kernels with C(CONFIG_NUMA), 3.9+).
+              type: bool
+            use_zero_pages:
+              description: Merge empty pages with the kernel zero page (4.11+).
+              type: bool
+            max_page_sharing:
+              description: Most mappings of one KSM page (4.13+).
+              type: int
+            stable_node_chains_prune_millisecs:
+              description: How often stale stable node chains are pruned (4.13+).
+              type: int
+            smart_scan:
+              description: Skip pages that repeatedly failed to merge (6.7+).
+              type: bool
+            advisor_mode:
+              description: The scan advisor, V(none) or V(scan-time) (6.8+).
+              type: str
+            advisor_max_cpu:
+              description: Most CPU percent the advisor lets ksmd use (6.8+).
+              type: int
+            advisor_min_pages_to_scan:
+              description: Initial pages_to_scan of the advisor (6.8+).
+              type: int
+            advisor_max_pages_to_scan:
+              description: Upper limit of pages_to_scan under the advisor (6.8+).
+              type: int
+            advisor_target_scan_time:
+              description: Seconds one full scan should take under the advisor (6.8+).
+              type: int
+        statistics:
+          description: Every read-only KSM statistic this kernel has, as integers. Files the kernel lacks are absent.
+          returned: always
+          type: dict
+          sample:
+            full_scans: 12
+            general_profit: 201199616
+            ksm_zero_pages: 0
+            pages_scanned: 1290100
+            pages_shared: 16384
+            pages_sharing: 49152
+            pages_skipped: 0
+            pages_unshared: 0
+            pages_volatile: 0
+            stable_node_chains: 0
+            stable_node_dups: 0
+          contains:
+            pages_shared:
+              description: KSM pages in use (the copies kept).
+              type: int
+            pages_sharing:
+              description: Further mappings of those pages, that is pages saved.
+              type: int
+            pages_unshared:
+              description: Unique pages checked repeatedly.
+              type: int
+            pages_volatile:
+              description: Pages changing too fast to merge.
+              type: int
+            full_scans:
+              description: Completed full scans; reset by C(run=2).
+              type: int
+            stable_node_chains:
+              description: KSM pages that reached C(max_page_sharing) (4.13+).
+              type: int
+            stable_node_dups:
+              description: Duplicated KSM pages in those chains (4.13+).
+              type: int
+            general_profit:
+              description: Bytes saved minus KSM's metadata cost; signed (6.4+).
+              type: int
+            ksm_zero_pages:
+              description: Empty pages merged with the kernel zero page (6.5+).
+              type: int
+            pages_scanned:
+              description: Pages scanned since boot (6.6+).
+              type: int
+            pages_skipped:
+              description: Pages skipped by smart scan (6.7+).
+              type: int
+        features:
+          description: Which KSM files this kernel has.
+          returned: always
+          type: dict
+          contains:
+            knobs:
+              description: The writable files present, C(run) included, sorted.
+              type: list
+              elements: str
+              sample: [max_page_sharing, merge_across_nodes, pages_to_scan, run, sleep_millisecs]
+            statistics:
+              description: The statistics files present, sorted.
+              type: list
+              elements: str
+              sample: [full_scans, pages_shared, pages_sharing, pages_unshared, pages_volatile]
+            other_files:
+              description: Files in O(sysfs_path) this collection does not know, such as RHEL's C(redhat_only_zero_pages).
+              type: list
+              elements: str
+              sample: []
+            process_file:
+              description:
+                - The per-process KSM file of this kernel, V(ksm_stat) (6.1+) or V(ksm_merging_pages) (5.19+);
+                  V(null) when it has neither (then RV(ansible_facts.ksm.processes) is always empty).
+              type: str
+              sample: ksm_stat
+        saved_pages:
+          description: Pages saved, C(pages_sharing + ksm_zero_pages).
+          returned: always
+          type: int
+          sample: 49152
+        saved_bytes:
+          description: Bytes saved, RV(ansible_facts.ksm.saved_pages) x RV(ansible_facts.ksm.page_size).
+          returned: always
+          type: int
+          sample: 201326592
+        rmap_items:
+          description: Estimated pages KSM tracks, C(pages_shared + pages_sharing + pages_unshared + pages_volatile).
+          returned: always
+          type: int
+          sample: 65536
+        profit_bytes:
+          description:
+            - Net saving in bytes, C(general_profit) where the kernel has it, else
+              RV(ansible_facts.ksm.saved_bytes) - RV(ansible_facts.ksm.rmap_items) x R (R = 64 on 64-bit kernels, 32 on
+              32-bit). May be negative.
+          returned: always
+          type: int
+          sample: 197132288
+        profit_source:
+          description: Where RV(ansible_facts.ksm.profit_bytes) comes from.
+          returned: always
+          type: str
+          choices: [general_profit, estimate]
+          sample: general_profit
+        sharing_ratio:
+          description: C(pages_sharing / pages_shared); high is good. V(null) while C(pages_shared) is 0.
+          returned: always
+          type: float
+          sample: 3.0
+        unshared_ratio:
+          description: C(pages_unshared / pages_sharing); high means wasted scanning. V(null) while C(pages_sharing) is 0.
+          returned: always
+          type: float
+          sample: 0.0
+        scan_rate:
+          description:
+            - Nominal scan rate in pages per second, C(pages_to_scan x 1000 / sleep_millisecs); an upper bound.
+            - V(null) when C(sleep_millisecs) is 0 (ksmd scans continuously, bounded by CPU).
+          returned: always
+          type: float
+          sample: 5000.0
+        full_scan_seconds:
+          description:
+            - Estimated seconds of one full scan at the current settings,
+              RV(ansible_facts.ksm.rmap_items) / RV(ansible_facts.ksm.scan_rate).
+            - V(null) when the scan rate is V(null) or 0.
+          returned: always
+          type: float
+          sample: 13.1
+        numa:
+          description: NUMA topology from C(/sys/devices/system/node); V(null) when KSM is not available.
+          returned: always
+          type: dict
+          contains:
+            nodes:
+              description: Online nodes; empty on kernels without NUMA.
+              type: list
+              elements: int
+              sample: [0, 1]
+            memory_nodes:
+              description: Nodes with memory (C(has_memory)).
+              type: list
+              elements: int
+              sample: [0, 1]
+            distances:
+              description: Per node (as a string key), its distances to the online nodes in the order of C(nodes).
+              type: dict
+              sample: {"0": [10, 21], "1": [21, 10]}
+            merge_across_nodes:
+              description: The current C(merge_across_nodes); V(null) on kernels without the file.
+              type: bool
+              sample: true
+            recommended_merge_across_nodes:
+              description:
+                - The value the RHEL guidance recommends, V(false) with more than one memory node, else V(true).
+                - V(null) on kernels without C(merge_across_nodes).
+              type: bool
+              sample: false
+        ksmd:
+          description: The C(ksmd) kernel thread; V(null) when it was not found.
+          returned: always
+          type: dict
+          contains:
+            pid:
+              description: Its process id.
+              type: int
+              sample: 37
+            cpu_seconds:
+              description: CPU time it used since boot, (utime + stime) / C(SC_CLK_TCK) from C(/proc/<pid>/stat).
+              type: float
+              sample: 12.34
+        services:
+          description: The KSM services; V(null) when KSM is not available.
+          returned: always
+          type: dict
+          contains:
+            manager:
+              description: V(systemd) when systemd runs the host (C(/run/systemd/system) exists), else V(unknown).
+              type: str
+              sample: systemd
+            units:
+              description:
+                - Per unit (C(ksm.service), C(ksmtuned.service), and Ubuntu's C(qemu-kvm.service) where systemd knows
+                  it), its C(load_state) (V(loaded), V(not-found), ...), C(active_state) (V(active), V(inactive), ...)
+                  and C(unit_file_state) (V(enabled), V(disabled), V(masked), ...).
+                - Every state is V(unknown) without systemd.
+              type: dict
+              sample:
+                ksm.service: {load_state: loaded, active_state: active, unit_file_state: enabled}
+                ksmtuned.service: {load_state: loaded, active_state: active, unit_file_state: enabled}
+            ksmtuned_running:
+              description: Whether a C(ksmtuned) process runs (by process name, with or without systemd).
+              type: bool
+              sample: true
+            ksmtuned_pids:
+              description: The process ids of the C(ksmtuned) processes.
+              type: list
+              elements: int
+              sample: [812]
+        processes:
+          description:
+            - Up to O(processes) processes with merged pages, most merged pages first (C(/proc/<pid>/ksm_stat) or
+              C(/proc/<pid>/ksm_merging_pages)). Processes without merged pages are left out, as are processes
+              that exit while being read and entries that cannot be read.
+          returned: always
+          type: list
+          elements: dict
+          contains:
+            pid:
+              description: Process id.
+              type: int
+              sample: 4242
+            comm:
+              description: Command name (C(/proc/<pid>/stat)).
+              type: str
+              sample: qemu-system-x86
+            guest:
+              description: The guest name of a QEMU process (from C(-name guest=NAME,...) or C(-name NAME)), else V(null).
+              type: str
+              sample: web1
+            merging_pages:
+              description: Pages of the process currently merged (C(ksm_merging_pages)).
+              type: int
+              sample: 16384
+            zero_pages:
+              description: Its empty pages merged with the zero page (kernels whose C(ksm_stat) has C(ksm_zero_pages)).
+              type: int
+              sample: 0
+            rmap_items:
+              description: Its pages KSM tracks (C(ksm_rmap_items); kernels with C(ksm_stat)).
+              type: int
+              sample: 16384
+            profit_bytes:
+              description: Its net saving (C(ksm_process_profit), 6.4+); absent on older kernels.
+              type: int
+              sample: 66060288
+            merge_any:
+              description: Whether the whole process was made mergeable (C(prctl PR_SET_MEMORY_MERGE)); newer kernels only.
+              type: bool
+              sample: false
+            mergeable:
+              description: Whether it has mergeable memory (C(ksm_mergeable)); newer kernels only.
+              type: bool
+              sample: true
+            saved_bytes:
+              description: (C(merging_pages) + C(zero_pages)) x RV(ansible_facts.ksm.page_size).
+              type: int
+              sample: 67108864
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.kvmhost.ksm.plugins.module_utils._facts import collect
+from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import DEFAULT_ROOT
+
+
+def argument_spec():
+    # type: () -> dict
+    return dict(
+        processes=dict(type="int", default=10),
+        sysfs_path=dict(type="path", default=DEFAULT_ROOT),
+    )
+
+
+def main():
+    # type: () -> None
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    processes = module.params["processes"]
+    if processes < 0:
+        module.fail_json(msg="processes is {0}, but it must be 0 (skip the per-process part) or more; "
+                             "set processes: 0 or a positive number.".format(processes))
+
+    def run_command(cmd):
+        return module.run_command(cmd, environ_update={"LC_ALL": "C"})
+
+    facts = collect(
+        sysfs_root=module.params["sysfs_path"],
+        processes=processes,
+        run_command=run_command,
+        systemctl=module.get_bin_path("systemctl"),
+    )
+    module.exit_json(changed=False, ansible_facts={"ksm": facts})
+
+
+if __name__ == "__main__":
+    main()
