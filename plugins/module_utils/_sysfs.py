@@ -15,6 +15,7 @@ Facts come from the kernel's mm/ksm.c and Documentation/admin-guide/mm/ksm.rst.
 import errno
 import os
 import platform
+import time
 import typing as t
 
 DEFAULT_ROOT = "/sys/kernel/mm/ksm"
@@ -157,6 +158,51 @@ def explain(path, text, err, release=None):
     return "{0}: {1}; check the host's kernel log.".format(head, os.strerror(err or 0))
 
 
+def page_size():
+    # type: () -> int
+    """The page size of this host in bytes (never assume 4096: arm64 and ppc64 may use 64 KiB)."""
+    return os.sysconf("SC_PAGE_SIZE")
+
+
+def mem_available(proc_root="/proc"):
+    # type: (str) -> t.Optional[int]
+    """MemAvailable of <proc_root>/meminfo in bytes, or None when the kernel does not report it."""
+    try:
+        with open(os.path.join(proc_root, "meminfo")) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (IOError, OSError):
+        pass
+    return None
+
+
+def processes_named(comm, proc_root="/proc"):
+    # type: (str, str) -> t.List[int]
+    """Process ids whose <proc_root>/<pid>/comm is comm (processes may vanish while we look)."""
+    pids = []  # type: t.List[int]
+    try:
+        entries = os.listdir(proc_root)
+    except OSError:
+        return pids
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc_root, entry, "comm")) as f:
+                if f.read().strip() == comm:
+                    pids.append(int(entry))
+        except (IOError, OSError):
+            continue
+    return sorted(pids)
+
+
+def unmerge_bytes(statistics, page):
+    # type: (t.Dict[str, Value], int) -> int
+    """Memory that unmerging every KSM page needs: (pages_sharing + ksm_zero_pages) x page size."""
+    return (int(statistics.get("pages_sharing", 0)) + max(int(statistics.get("ksm_zero_pages", 0)), 0)) * page
+
+
 class Sysfs(object):
     """The KSM directory under root. Unit tests point root at a fake tree."""
 
@@ -225,3 +271,14 @@ class Sysfs(object):
     def write(self, name, value):
         # type: (str, Value) -> None
         self.write_text(name, format_value(name, value))
+
+    def wait_unmerged(self, timeout, interval=0.1):
+        # type: (float, float) -> bool
+        """Wait until pages_shared reads 0; False when timeout seconds pass first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.read("pages_shared"):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)

@@ -1,0 +1,387 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvmhost.ksm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use this from other collections or standalone plugins/modules!
+
+"""Decisions of the ksm module: what is requested, whether it is valid, what to write in which order, how to undo it.
+
+Everything here works on typed values (dicts of knob name -> value as _sysfs parses them) and is pure, except
+``execute`` and ``rollback``, which drive a ``_sysfs.Sysfs`` through a plan. The order and its reasons are in
+the kernel's mm/ksm.c: advisor numbers, advisor_mode, pages_to_scan, the free knobs, the EBUSY knobs, run.
+Runs on Python 3.6+.
+"""
+
+import errno
+import os
+import time
+import typing as t
+
+from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
+    KNOBS,
+    TUNABLES,
+    ADVISOR_MODES,
+    RUN_STATES,
+    KsmError,
+    Value,
+    format_value,
+)
+
+Values = t.Dict[str, Value]
+OPTION_OF = {"run": "state"}  # module option of a knob; every other knob is its own option
+ADVISOR_NUMBERS = ("advisor_min_pages_to_scan", "advisor_max_pages_to_scan", "advisor_target_scan_time",
+                   "advisor_max_cpu")
+KSMTUNED_KNOBS = ("run", "pages_to_scan", "sleep_millisecs")  # ksmtuned rewrites these every minute
+EBUSY_ATTEMPTS = 5
+EBUSY_DELAY = 0.2
+PERSIST_HEADER = ("# KSM settings written by kvmhost.ksm.ksm, applied at boot by systemd-tmpfiles "
+                  "(see tmpfiles.d(5)).")
+
+
+class Plan(t.NamedTuple):
+    """What to write: run first (unmerge or pause), the other knobs in safe order, then run's final state."""
+
+    first: t.Optional[str]  # "unmerged" (unmerge first) or "stopped" (pause ksmd) or None
+    writes: t.List[t.Tuple[str, Value]]  # knobs other than run, in safe order
+    final_run: str  # run state to leave KSM in
+    allow_unmerge: bool  # whether a transient EBUSY may be cured by unmerging
+
+    @property
+    def unmerge(self):
+        # type: () -> bool
+        return self.first == "unmerged"
+
+    def changes(self, current):
+        # type: (Values) -> bool
+        return bool(self.writes) or self.first is not None or self.final_run != current.get("run")
+
+
+def option(name):
+    # type: (str) -> str
+    return OPTION_OF.get(name, name)
+
+
+def requested(params):
+    # type: (t.Dict[str, t.Any]) -> Values
+    """The managed knobs: every knob option that is set (state as run)."""
+    return dict((k.name, params[option(k.name)]) for k in TUNABLES if params.get(option(k.name)) is not None)
+
+
+def by_option(values, names):
+    # type: (Values, t.Iterable[str]) -> t.Dict[str, Value]
+    """values of the named knobs, keyed by module option (run as state)."""
+    return dict((option(n), values[n]) for n in names if n in values)
+
+
+def final_mode(request, current):
+    # type: (Values, Values) -> str
+    return str(request.get("advisor_mode", current.get("advisor_mode", "none")))
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+def _missing(root, name, release):
+    # type: (str, str, str) -> str
+    return ("Cannot manage {0}: kernel {1} has no {2} (upstream added it in {3}); leave {0} unset on this host; "
+            "nothing was written.".format(option(name), release, os.path.join(root, name), KNOBS[name].since))
+
+
+def _out_of_range(root, name, value):
+    # type: (str, str, Value) -> str
+    knob = KNOBS[name]
+    if knob.kind == "enum":
+        allowed = "one of " + ", ".join(ADVISOR_MODES)
+    elif knob.kind == "run":
+        allowed = "one of " + ", ".join(RUN_STATES)
+    else:
+        allowed = "between {0} and {1}".format(knob.minimum, knob.maximum)
+    return ("Cannot write {0}={1!r} to {2}: the value must be {3}; nothing was written."
+            .format(option(name), value, os.path.join(root, name), allowed))
+
+
+def _in_range(name, value):
+    # type: (str, Value) -> bool
+    knob = KNOBS[name]
+    if knob.kind == "bool":
+        return isinstance(value, bool)
+    if knob.kind == "enum":
+        return value in ADVISOR_MODES
+    if knob.kind == "run":
+        return value in RUN_STATES
+    return not isinstance(value, bool) and isinstance(value, int) and knob.minimum <= value <= knob.maximum
+
+
+def problems(request, current, root, release):
+    # type: (Values, Values, str, str) -> t.List[str]
+    """Every reason the request cannot be applied to a host whose KSM files read as current."""
+    found = []  # type: t.List[str]
+    for knob in TUNABLES:
+        if knob.name not in request:
+            continue
+        if knob.name not in current:
+            found.append(_missing(root, knob.name, release))
+        elif not _in_range(knob.name, request[knob.name]):
+            found.append(_out_of_range(root, knob.name, request[knob.name]))
+    if "pages_to_scan" in request and final_mode(request, current) == "scan-time":
+        found.append("Cannot manage pages_to_scan while advisor_mode is scan-time: the kernel refuses every write to "
+                     "{0} then and the advisor sets it; leave pages_to_scan unset or set advisor_mode: none; "
+                     "nothing was written.".format(os.path.join(root, "pages_to_scan")))
+    found.extend(_advisor_bounds(request, current, root))
+    return found
+
+
+def _advisor_bounds(request, current, root):
+    # type: (Values, Values, str) -> t.List[str]
+    low, high = "advisor_min_pages_to_scan", "advisor_max_pages_to_scan"
+    if low not in request and high not in request:
+        return []
+    final = dict(current, **request)
+    if low not in final or high not in final or final[low] <= final[high]:
+        return []
+    return ["Cannot set advisor_min_pages_to_scan={0} above advisor_max_pages_to_scan={1} (the {2} value in {3}); "
+            "make the minimum at most the maximum; nothing was written."
+            .format(final[low], final[high], "requested" if high in request else "current", root)]
+
+
+def validate(request, current, root, release):
+    # type: (Values, Values, str, str) -> None
+    """Raise KsmError for the first problem of the whole request, before anything is written."""
+    if "run" not in current:
+        raise KsmError("KSM is not available: {0} does not exist, so kernel {1} was built without CONFIG_KSM "
+                       "(or sysfs_path is wrong); nothing was written.".format(os.path.join(root, "run"), release),
+                       errno.ENOENT)
+    found = problems(request, current, root, release)
+    if found:
+        raise KsmError(found[0])
+
+
+def warnings(request, current, ksmtuned_pids):
+    # type: (Values, Values, t.List[int]) -> t.List[str]
+    """Legal requests that will not do what the operator probably wants."""
+    found = []  # type: t.List[str]
+    managed = [option(n) for n in KSMTUNED_KNOBS if n in request]
+    if ksmtuned_pids and managed:
+        found.append("ksmtuned is running (pid {0}) and rewrites {1} every minute; stop and disable ksmtuned or "
+                     "leave them unmanaged.".format(", ".join(map(str, ksmtuned_pids)), ", ".join(managed)))
+    numbers = [n for n in ADVISOR_NUMBERS if n in request]
+    if numbers and final_mode(request, current) == "none":
+        found.append("{0} take effect only while advisor_mode is scan-time, and advisor_mode is none; set "
+                     "advisor_mode: scan-time to use them.".format(", ".join(numbers)))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+def expected_after_mode_switch(request, current):
+    # type: (Values, Values) -> Values
+    """current as the kernel leaves it once advisor_mode is written: a change resets pages_to_scan."""
+    expected = dict(current)
+    mode = request.get("advisor_mode")
+    if mode is not None and mode != current.get("advisor_mode"):
+        if mode == "none":
+            expected["pages_to_scan"] = 100
+        else:
+            expected["pages_to_scan"] = dict(current, **request).get("advisor_min_pages_to_scan", 0)
+    return expected
+
+
+def differences(request, current):
+    # type: (Values, Values) -> t.List[str]
+    """Requested knobs (run excluded) whose value must be written, in safe order."""
+    expected = expected_after_mode_switch(request, current)
+    return [k.name for k in TUNABLES
+            if k.name != "run" and k.name in request and request[k.name] != expected.get(k.name)]
+
+
+def _busy_refusal(root, names, request, current, merged):
+    # type: (str, t.List[str], Values, Values, int) -> str
+    name = names[0]
+    return ("Cannot change {0} in {1} from {2} to {3}: {4} bytes are merged now and the kernel refuses the change "
+            "(EBUSY) until every page is unmerged; set allow_unmerge: true to unmerge first, or state: unmerged; "
+            "nothing was written."
+            .format(name, root, format_value(name, current[name]), format_value(name, request[name]), merged))
+
+
+def _headroom_refusal(root, needed, available):
+    # type: (str, int, int) -> str
+    return ("Cannot unmerge KSM pages in {0}: unmerging needs about {1} bytes but MemAvailable is only {2} bytes; "
+            "free memory on the host first (the kernel would OOM-kill processes); nothing was written."
+            .format(root, needed, available))
+
+
+def make_plan(request, current, shared, needed, available, allow_unmerge, root):
+    # type: (Values, Values, int, int, t.Optional[int], bool, str) -> Plan
+    """Order the writes; refuse an EBUSY change it cannot make and an unmerge the host has no memory for.
+
+    shared is pages_shared now, needed the bytes unmerging needs, available MemAvailable in bytes (None: unknown).
+    """
+    writes = [(n, request[n]) for n in differences(request, current)]
+    busy = [n for n, _v in writes if KNOBS[n].busy]
+    final_run = str(request.get("run", current["run"]))
+    first = None  # type: t.Optional[str]
+    if final_run == "unmerged" and current["run"] != "unmerged":
+        first = "unmerged"
+    elif busy and shared:
+        if not allow_unmerge:
+            raise KsmError(_busy_refusal(root, busy, request, current, needed), errno.EBUSY)
+        first = "unmerged"
+    elif busy and current["run"] == "running" or final_run == "stopped" and current["run"] == "running":
+        first = "stopped"  # stop ksmd before the EBUSY knobs, start it again last
+    if first == "unmerged" and available is not None and needed > available:
+        raise KsmError(_headroom_refusal(root, needed, available), errno.ENOMEM)
+    return Plan(first, writes, final_run, allow_unmerge)
+
+
+def rollback_writes(touched, before):
+    # type: (t.Iterable[str], Values) -> t.List[t.Tuple[str, Value]]
+    """Writes that put the touched knobs back to their before values, in safe order with run last."""
+    names = set(touched)
+    if "advisor_mode" in names:
+        names.add("pages_to_scan")  # a mode switch moved it
+    if before.get("advisor_mode", "none") != "none":
+        names.discard("pages_to_scan")  # not writable under the advisor
+    return [(k.name, before[k.name]) for k in TUNABLES if k.name in names and k.name in before]
+
+
+# ---------------------------------------------------------------------------------------------- execution
+
+def _write_busy(ksm, name, value, plan, timeout):
+    # type: (t.Any, str, Value, Plan, float) -> bool
+    """Write an EBUSY knob, retrying a transient EBUSY; returns whether it had to unmerge."""
+    unmerged = False
+    for attempt in range(EBUSY_ATTEMPTS):
+        try:
+            ksm.write(name, value)
+            return unmerged
+        except KsmError as exc:
+            if exc.errno != errno.EBUSY or attempt == EBUSY_ATTEMPTS - 1:
+                raise
+        if plan.allow_unmerge and ksm.read("pages_shared"):
+            _unmerge(ksm, timeout)
+            unmerged = True
+        time.sleep(EBUSY_DELAY)
+    return unmerged
+
+
+def _unmerge(ksm, timeout):
+    # type: (t.Any, float) -> None
+    ksm.write("run", "unmerged")
+    if not ksm.wait_unmerged(timeout):
+        raise KsmError("Cannot unmerge KSM pages in {0}: pages_shared was still {1} after unmerge_timeout={2} s; "
+                       "raise unmerge_timeout or retry when the host is less busy.".format(
+                           ksm.root, ksm.read("pages_shared"), timeout), errno.ETIMEDOUT)
+
+
+def execute(ksm, plan, request, before, timeout):
+    # type: (t.Any, Plan, Values, Values, float) -> t.Tuple[Values, bool]
+    """Write the plan, read back and verify; on any failure roll back and raise. Returns (after, unmerged)."""
+    touched = []  # type: t.List[str]
+    unmerged = False
+    try:
+        if plan.first is not None:
+            touched.append("run")
+            if plan.unmerge:
+                _unmerge(ksm, timeout)
+                unmerged = True
+            else:
+                ksm.write("run", plan.first)
+        for name, value in plan.writes:
+            touched.append(name)
+            if KNOBS[name].busy:
+                unmerged = _write_busy(ksm, name, value, plan, timeout) or unmerged
+            else:
+                ksm.write(name, value)
+        if ksm.read("run") != plan.final_run:
+            touched.append("run")
+            ksm.write("run", plan.final_run)
+        after = ksm.read_tunables()
+        verify(request, after, ksm.root)
+    except KsmError as exc:
+        raise KsmError(_with_rollback(str(exc), rollback(ksm, touched, before)), exc.errno)
+    return after, unmerged
+
+
+def verify(request, after, root):
+    # type: (Values, Values, str) -> None
+    wrong = ["{0}: wanted {1!r}, read back {2!r}".format(option(n), v, after.get(n))
+             for n, v in sorted(request.items()) if after.get(n) != v]
+    if wrong:
+        raise KsmError("KSM in {0} did not keep the written values ({1}); something else on the host (ksmtuned?) "
+                       "changes them.".format(root, "; ".join(wrong)))
+
+
+def rollback(ksm, touched, before):
+    # type: (t.Any, t.List[str], Values) -> t.Tuple[t.List[str], t.List[str]]
+    """Put touched knobs back; returns (restored names, failures as 'name (reason)')."""
+    restored, failed = [], []  # type: t.List[str], t.List[str]
+    for name, value in rollback_writes(touched, before):
+        try:
+            if ksm.read(name) != value:
+                ksm.write(name, value)
+                restored.append("{0}={1}".format(option(name), format_value(name, value)))
+        except (KsmError, IOError, OSError) as exc:
+            failed.append("{0} ({1})".format(option(name), os.strerror(getattr(exc, "errno", 0) or 0)))
+    return restored, failed
+
+
+def _with_rollback(message, outcome):
+    # type: (str, t.Tuple[t.List[str], t.List[str]]) -> str
+    restored, failed = outcome
+    message = message.rstrip(".")
+    if restored:
+        message += "; rolled back " + ", ".join(restored)
+    if failed:
+        message += "; could NOT roll back " + ", ".join(failed)
+    if not restored and not failed:
+        message += "; nothing had been changed"
+    return message + "."
+
+
+# ---------------------------------------------------------------------------------------------- persistence
+
+def _entry(line, root):
+    # type: (str, str) -> t.Optional[t.Tuple[str, str]]
+    """(knob, argument) of a tmpfiles 'w' line for a KSM knob under root, else None."""
+    fields = line.split(None, 6)
+    if len(fields) < 2 or not fields[0].startswith("w") or os.path.dirname(fields[1]) != root.rstrip("/"):
+        return None
+    name = os.path.basename(fields[1])
+    if name not in KNOBS:
+        return None
+    return name, fields[6].strip() if len(fields) == 7 else ""
+
+
+def persist_text(old, request, root):
+    # type: (str, Values, str) -> str
+    """The tmpfiles.d text that writes the requested values at boot, merged with the entries already in old."""
+    entries = {}  # type: t.Dict[str, str]
+    kept = []  # type: t.List[str]
+    at = None  # type: t.Optional[int]
+    for line in old.splitlines():
+        entry = _entry(line, root)
+        if entry is None:
+            kept.append(line)
+            continue
+        at = len(kept) if at is None else at
+        entries[entry[0]] = entry[1]
+    entries.update((n, format_value(n, v)) for n, v in request.items())
+    if entries.get("advisor_mode") == "scan-time":
+        entries.pop("pages_to_scan", None)  # refused under the advisor, at boot too
+    block = ["w {0} - - - - {1}".format(os.path.join(root, k.name), entries[k.name])
+             for k in TUNABLES if k.name in entries]  # safe order, run last
+    if not kept and at is None:
+        kept = [PERSIST_HEADER]
+    at = len(kept) if at is None else at
+    return "\n".join(kept[:at] + block + kept[at:]) + "\n"
+
+
+def diff(before, after, root, persist=None):
+    # type: (t.Dict[str, Value], t.Dict[str, Value], str, t.Optional[t.Tuple[str, str, str]]) -> t.List[dict]
+    """Ansible diff: the managed values, and the persist file (path, old text, new text) when managed."""
+    result = [dict(before=before, after=after, before_header=root, after_header=root)]
+    if persist is not None:
+        path, old, new = persist
+        result.append(dict(before=old, after=new, before_header=path, after_header=path))
+    return result

@@ -1,0 +1,314 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) kvmhost.ksm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+DOCUMENTATION = r"""
+module: ksm
+short_description: Configure Kernel Same-page Merging (KSM)
+version_added: 1.0.0
+author:
+  - kvmhost.ksm maintainers
+description:
+  - Sets the KSM tunables under O(sysfs_path) and the KSM run state, idempotently and in the order the kernel requires.
+  - An option that is not set is not managed. Values are compared parsed, and a value that already holds is never written.
+  - The whole request is validated before the first write (ranges, whether this kernel has each requested file,
+    conflicts such as O(pages_to_scan) with O(advisor_mode=scan-time)); if any part is invalid, nothing is written.
+  - Writes happen in a safe order (advisor numbers, O(advisor_mode), O(pages_to_scan), the other knobs,
+    O(merge_across_nodes) and O(max_page_sharing), then the run state; C(run=2) first when unmerging) and are read back
+    and verified. If a write fails midway, the values already written are rolled back and the error says what was
+    rolled back.
+  - O(merge_across_nodes) and O(max_page_sharing) cannot change while pages are merged (the kernel answers C(EBUSY)).
+    Without O(allow_unmerge) the module then fails and says how many bytes are merged. With O(allow_unmerge=true) it
+    checks that C(MemAvailable) covers the memory unmerging needs, unmerges every page, changes the knob, restores the
+    previous run state and returns RV(unmerged=true).
+  - Warns when C(ksmtuned) runs while O(state), O(pages_to_scan) or O(sleep_millisecs) are managed (it rewrites them
+    every minute), and when C(advisor_*) numbers are set while O(advisor_mode) is V(none) (they do nothing then).
+  - The module writes only the KSM files named by its own options under O(sysfs_path), and O(persist_file).
+  - Containers share the host's KSM, and container runtimes usually mount C(/sys) read-only; run this module on the host.
+extends_documentation_fragment:
+  - kvmhost.ksm._attributes
+  - kvmhost.ksm._attributes.platform
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details: The diff shows the managed values before and after and, with O(persist=true), the text of O(persist_file).
+  idempotent:
+    support: full
+  platform:
+    platforms: linux
+options:
+  state:
+    description:
+      - V(running) writes C(1) to C(run) (start C(ksmd)), V(stopped) writes C(0) (stop C(ksmd); merged pages stay merged),
+        V(unmerged) writes C(2) (stop C(ksmd) and unmerge every merged page).
+      - Before V(unmerged) the module checks that C(MemAvailable) covers the memory unmerging needs.
+    type: str
+    choices: [running, stopped, unmerged]
+  pages_to_scan:
+    description:
+      - Pages scanned per wake-up of C(ksmd) (kernel default 100).
+      - The kernel refuses every write while O(advisor_mode) is V(scan-time), so it cannot be set together with a final
+        O(advisor_mode) of V(scan-time).
+    type: int
+  sleep_millisecs:
+    description: Milliseconds C(ksmd) sleeps between scans (kernel default 20). V(0) scans continuously.
+    type: int
+  stable_node_chains_prune_millisecs:
+    description: How often stale stable node chains are pruned, in milliseconds (kernel default 2000). Linux 4.13 and later.
+    type: int
+  max_page_sharing:
+    description:
+      - Maximum number of mappings of one KSM page, at least V(2) (kernel default 256). Linux 4.13 and later.
+      - Cannot change while pages are merged; see O(allow_unmerge).
+    type: int
+  merge_across_nodes:
+    description:
+      - Whether pages of different NUMA nodes are merged into one copy (kernel default V(true)). Only on NUMA kernels.
+      - Cannot change while pages are merged; see O(allow_unmerge).
+    type: bool
+  use_zero_pages:
+    description: Merge empty pages with the kernel zero page (kernel default V(false)). Linux 4.11 and later.
+    type: bool
+  smart_scan:
+    description: Skip pages that repeatedly failed to merge (kernel default V(true)). Linux 6.7 and later.
+    type: bool
+  advisor_mode:
+    description:
+      - V(scan-time) lets the kernel's advisor set O(pages_to_scan) to reach O(advisor_target_scan_time); V(none) turns it
+        off. Linux 6.8 and later.
+      - A change resets C(pages_to_scan) (to 100 for V(none), to O(advisor_min_pages_to_scan) for V(scan-time)).
+    type: str
+    choices: [none, scan-time]
+  advisor_max_cpu:
+    description: Maximum CPU share of C(ksmd) in percent that the advisor aims for, V(1) to V(100) (kernel default 70).
+    type: int
+  advisor_min_pages_to_scan:
+    description:
+      - Initial O(pages_to_scan) of the advisor (kernel default 500).
+      - Must not exceed O(advisor_max_pages_to_scan), the requested one or the one already on the host.
+    type: int
+  advisor_max_pages_to_scan:
+    description: Upper limit of O(pages_to_scan) for the advisor (kernel default 30000).
+    type: int
+  advisor_target_scan_time:
+    description: Seconds one full scan should take under the advisor, at least V(1) (kernel default 200).
+    type: int
+  allow_unmerge:
+    description:
+      - Allow the module to unmerge every KSM page (C(run=2)) when O(merge_across_nodes) or O(max_page_sharing) must
+        change while pages are merged; the previous run state is restored afterwards and pages merge again.
+      - Unmerging needs free memory for every merged page; the module refuses when C(MemAvailable) is too small.
+    type: bool
+    default: false
+  unmerge_timeout:
+    description: Seconds to wait for C(pages_shared) to reach 0 after unmerging.
+    type: int
+    default: 120
+  persist:
+    description:
+      - Keep the managed values across reboots in O(persist_file), a systemd-tmpfiles drop-in of C(w) lines in the safe
+        order (the run state last), merged with the entries already in that file and written atomically.
+    type: bool
+    default: false
+  persist_file:
+    description: The systemd-tmpfiles drop-in that O(persist=true) writes.
+    type: path
+    default: /etc/tmpfiles.d/kvmhost-ksm.conf
+  sysfs_path:
+    description: The KSM sysfs directory. Change it only for tests.
+    type: path
+    default: /sys/kernel/mm/ksm
+notes:
+  - Needs root on the managed host (C(become=true)).
+seealso:
+  - name: KSM in the kernel documentation
+    description: Every knob and its meaning.
+    link: https://docs.kernel.org/admin-guide/mm/ksm.html
+  - name: tmpfiles.d(5)
+    description: The format of O(persist_file).
+    link: https://www.freedesktop.org/software/systemd/man/latest/tmpfiles.d.html
+"""
+
+EXAMPLES = r"""
+---
+- name: Start KSM with a faster scan rate
+  kvmhost.ksm.ksm:
+    state: running
+    pages_to_scan: 1000
+    sleep_millisecs: 20
+  become: true
+
+- name: Keep one copy per NUMA node, unmerging first if pages are merged, and keep it across reboots
+  kvmhost.ksm.ksm:
+    merge_across_nodes: false
+    allow_unmerge: true
+    state: running
+    persist: true
+  become: true
+
+- name: Let the kernel's advisor choose the scan rate (Linux 6.8+)
+  kvmhost.ksm.ksm:
+    advisor_mode: scan-time
+    advisor_target_scan_time: 200
+    advisor_max_cpu: 70
+    advisor_min_pages_to_scan: 500
+    advisor_max_pages_to_scan: 30000
+    state: running
+  become: true
+
+- name: Stop KSM and unmerge every page (for example on hosts of mutually untrusted tenants)
+  kvmhost.ksm.ksm:
+    state: unmerged
+  become: true
+"""
+
+RETURN = r"""
+before:
+  description: The managed values before the task, keyed by option name (O(state) for the run state).
+  returned: always
+  type: dict
+  sample: {"state": "stopped", "pages_to_scan": 100, "merge_across_nodes": true}
+after:
+  description:
+    - The managed values after the task as read back from the kernel, keyed by option name.
+    - In check mode, the values the task would set.
+  returned: always
+  type: dict
+  sample: {"state": "running", "pages_to_scan": 1000, "merge_across_nodes": false}
+unmerged:
+  description:
+    - Whether the task unmerged every KSM page (wrote C(2) to C(run)), for O(state=unmerged) or to change an EBUSY knob
+      with O(allow_unmerge=true). In check mode, whether it would.
+  returned: always
+  type: bool
+  sample: true
+diff:
+  description:
+    - With C(--diff), the managed values before and after and, with O(persist=true), the old and new text of
+      O(persist_file).
+  returned: when diff mode is on
+  type: list
+  elements: dict
+  sample:
+    - {"before": {"pages_to_scan": 100}, "after": {"pages_to_scan": 1000},
+       "before_header": "/sys/kernel/mm/ksm", "after_header": "/sys/kernel/mm/ksm"}
+    - {"before": "", "after": "w /sys/kernel/mm/ksm/pages_to_scan - - - - 1000\n",
+       "before_header": "/etc/tmpfiles.d/kvmhost-ksm.conf", "after_header": "/etc/tmpfiles.d/kvmhost-ksm.conf"}
+"""
+
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _plan
+from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
+    DEFAULT_ROOT,
+    KsmError,
+    Sysfs,
+    kernel_release,
+    mem_available,
+    page_size,
+    processes_named,
+    unmerge_bytes,
+)
+
+
+def argument_spec():
+    # type: () -> dict
+    ints = ("pages_to_scan", "sleep_millisecs", "stable_node_chains_prune_millisecs", "max_page_sharing",
+            "advisor_max_cpu", "advisor_min_pages_to_scan", "advisor_max_pages_to_scan", "advisor_target_scan_time")
+    spec = dict((name, dict(type="int")) for name in ints)
+    spec.update((name, dict(type="bool")) for name in ("merge_across_nodes", "use_zero_pages", "smart_scan"))
+    spec.update(
+        state=dict(type="str", choices=["running", "stopped", "unmerged"]),
+        advisor_mode=dict(type="str", choices=["none", "scan-time"]),
+        allow_unmerge=dict(type="bool", default=False),
+        unmerge_timeout=dict(type="int", default=120),
+        persist=dict(type="bool", default=False),
+        persist_file=dict(type="path", default="/etc/tmpfiles.d/kvmhost-ksm.conf"),
+        sysfs_path=dict(type="path", default=DEFAULT_ROOT),
+    )
+    return spec
+
+
+def read_file(path):
+    # type: (str) -> str
+    try:
+        with open(path) as f:
+            return f.read()
+    except (IOError, OSError) as exc:
+        if not os.path.exists(path):
+            return ""
+        raise KsmError("Cannot read persist_file {0}: {1}; fix its permissions.".format(path, exc.strerror))
+
+
+def stage_file(path, text):
+    # type: (str, str) -> str
+    """Write text to a temporary file next to path (before any KSM write, so a bad path fails early)."""
+    try:
+        directory = os.path.dirname(path) or "."
+        if not os.path.isdir(directory):
+            os.makedirs(directory, 0o755)
+        fd, tmp = tempfile.mkstemp(prefix=".kvmhost-ksm.", dir=directory)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        return tmp
+    except (IOError, OSError) as exc:
+        raise KsmError("Cannot write persist_file {0}: {1}; choose a writable path; nothing was written."
+                       .format(path, exc.strerror))
+
+
+def apply(module, ksm, proc_root="/proc"):
+    # type: (AnsibleModule, Sysfs, str) -> dict
+    """Read, validate, plan, write (unless check mode), persist; the result dict."""
+    params = module.params
+    current = ksm.read_tunables()
+    request = _plan.requested(params)
+    _plan.validate(request, current, ksm.root, kernel_release())
+    stats = ksm.read_statistics()
+    plan = _plan.make_plan(request, current, int(stats.get("pages_shared", 0)), unmerge_bytes(stats, page_size()),
+                           mem_available(proc_root), params["allow_unmerge"], ksm.root)
+    for warning in _plan.warnings(request, current, processes_named("ksmtuned", proc_root)):
+        module.warn(warning)
+    persist = None
+    if params["persist"]:
+        old = read_file(params["persist_file"])
+        persist = (params["persist_file"], old, _plan.persist_text(old, request, ksm.root))
+    file_changed = persist is not None and persist[1] != persist[2]
+    after, unmerged = dict(current, **request), plan.unmerge
+    if not module.check_mode:
+        tmp = stage_file(persist[0], persist[2]) if file_changed else None
+        try:
+            if plan.changes(current):
+                after, unmerged = _plan.execute(ksm, plan, request, current, params["unmerge_timeout"])
+        except KsmError:
+            if tmp:
+                os.unlink(tmp)
+            raise
+        if tmp:
+            module.atomic_move(tmp, persist[0])
+    result = dict(changed=plan.changes(current) or file_changed, unmerged=unmerged,
+                  before=_plan.by_option(current, request), after=_plan.by_option(after, request))
+    if module._diff:
+        result["diff"] = _plan.diff(result["before"], result["after"], ksm.root, persist)
+    return result
+
+
+def main():
+    # type: () -> None
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    try:
+        result = apply(module, Sysfs(module.params["sysfs_path"]))
+    except KsmError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
