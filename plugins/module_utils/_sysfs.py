@@ -260,7 +260,7 @@ class Sysfs(object):
             raise ValueError("not a writable KSM file: {0!r}".format(name))
         path = self.path(name)
         try:
-            fd = os.open(path, os.O_WRONLY)
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # as `echo >`; truncates fake trees
             try:
                 os.write(fd, text.encode("ascii"))
             finally:

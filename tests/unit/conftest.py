@@ -5,7 +5,15 @@
 ``ksm_tree(layout="6.8", numa=True, **values)`` builds <tmp>/ksm with the files of that kernel at their defaults
 (values override them, as typed or text) and returns its path. Layouts: "4.18" (RHEL 8: the 14 files of 4.13),
 "5.14" (RHEL 9, same 14), "6.1" (Debian 12, same 14), "6.8" (all 24; also 6.12 and 6.18).
+
+``ksm_kernel(layout="6.8", numa=True, faults=None, **values)`` builds the same tree and returns a ``FakeKernel``:
+a ``Sysfs`` on it that also behaves like mm/ksm.c where a plain file cannot (run=2 unmerges, the EBUSY knobs refuse
+a change while pages_shared != 0, pages_to_scan is refused under the advisor, a change of advisor_mode resets
+pages_to_scan, advisor_mode reads back bracketed). ``faults`` maps a knob name to an errno, or to a list of errnos
+consumed one per write, that its next writes raise as OSError, like the kernel's write(2) would.
 """
+
+import errno
 
 import os
 
@@ -69,4 +77,69 @@ def make_tree(root, layout="6.8", numa=True, **values):
 def ksm_tree(tmp_path):
     def build(layout="6.8", numa=True, **values):
         return make_tree(tmp_path / "ksm", layout, numa, **values)
+    return build
+
+
+try:  # plain pytest from the repository, or ansible-test units from the collection tree
+    from ansible_collections.kvmhost.ksm.plugins.module_utils import _sysfs
+except ImportError:  # pragma: no cover
+    _sysfs = None
+
+
+class FakeKernel(_sysfs.Sysfs if _sysfs else object):
+    """A Sysfs over a fake tree that answers writes the way the kernel does."""
+
+    def __init__(self, root, faults=None):
+        super(FakeKernel, self).__init__(root)
+        self.faults = dict(faults or {})
+        self.log = []  # every write attempted, as (name, text)
+
+    def _set(self, name, text):
+        with open(os.path.join(self.root, name), "w") as f:
+            f.write(text + "\n")
+
+    def _fault(self, name):
+        fault = self.faults.get(name)
+        if isinstance(fault, list):
+            return fault.pop(0) if fault else None
+        return fault
+
+    def write_text(self, name, text):
+        self.log.append((name, text))
+        err = self._fault(name)
+        if err is None:
+            err = self._kernel_refuses(name, text)
+        if err is not None:
+            path = self.path(name)
+            raise _sysfs.KsmError(_sysfs.explain(path, text, err, "6.8.0-fake"), err)
+        self._kernel_writes(name, text)
+
+    def _kernel_refuses(self, name, text):
+        knob = _sysfs.KNOBS[name]
+        if name == "pages_to_scan" and self.has("advisor_mode") and self.read("advisor_mode") != "none":
+            return errno.EINVAL
+        if knob.busy and _sysfs.parse(name, text) != self.read(name) and self.read("pages_shared"):
+            return errno.EBUSY
+        return None
+
+    def _kernel_writes(self, name, text):
+        if name == "advisor_mode":
+            if text != self.read("advisor_mode"):
+                reset = "100" if text == "none" else self.read_text("advisor_min_pages_to_scan")
+                self._set("pages_to_scan", reset)
+            text = " ".join("[%s]" % m if m == text else m for m in _sysfs.ADVISOR_MODES)
+        if name == "run" and text == "2":
+            for stat in ("pages_shared", "pages_sharing", "full_scans"):
+                self._set(stat, "0")
+        self._set(name, text)
+
+    def written(self):
+        """Names written successfully or not, in order."""
+        return [name for name, _text in self.log]
+
+
+@pytest.fixture
+def ksm_kernel(tmp_path):
+    def build(layout="6.8", numa=True, faults=None, **values):
+        return FakeKernel(make_tree(tmp_path / "ksm", layout, numa, **values), faults)
     return build
