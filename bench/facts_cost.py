@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+# Copyright (c) kvmhost.ksm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What a kvmhost.ksm.ksm_facts run costs next to ansible.builtin.ping and ansible.builtin.setup (default subset).
+
+Targets (issue 3): ksm_facts <= 1.2 x ping and <= 0.5 x setup on the same host. Not a test: it prints figures.
+
+Three measurements on localhost, each interleaved (the order of the three modules rotates every round) and reduced
+to the median:
+  task     wall time of each module task inside one ansible-playbook run (a small callback records task start and
+           end): what a module costs a play; the controller's start-up is paid once and left out.
+  ad hoc   wall time of a whole `ansible localhost -m MODULE` command, controller start-up included.
+  in-proc  the module's own work (the collector, without Ansible) in this Python, for scale.
+
+    python3 bench/facts_cost.py [--rounds 9] [--adhoc-rounds 5] [--processes 10] [--pipelining off|on|both]
+
+Ansible's fixed cost per task (temporary directory, file transfer, several /bin/sh commands) is the same for the
+three modules and shrinks with ANSIBLE_PIPELINING=true; both settings are measured by default.
+
+Uses the ansible next to this Python; ANSIBLE_COLLECTIONS_PATH is taken from the environment or pointed at this
+work tree. It only reads KSM, so it needs no guard.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import typing as t
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULES = ("ansible.builtin.ping", "kvmhost.ksm.ksm_facts", "ansible.builtin.setup")
+SHORT = {"ansible.builtin.ping": "ping", "kvmhost.ksm.ksm_facts": "ksm_facts", "ansible.builtin.setup": "setup"}
+
+CALLBACK = '''
+import json
+import os
+import time
+
+from ansible.plugins.callback import CallbackBase
+
+DOCUMENTATION = """
+name: task_times
+type: aggregate
+short_description: record the wall time of every task
+description: Writes the seconds of every task (JSON) to the file named by TASK_TIMES_FILE at the end of the play.
+options: {}
+"""
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "task_times"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, *args, **kwargs):
+        super(CallbackModule, self).__init__(*args, **kwargs)
+        self.started = {}
+        self.times = {}
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self.started[task.get_name()] = time.perf_counter()
+
+    def v2_runner_on_ok(self, result):
+        name = result._task.get_name()
+        self.times[name] = time.perf_counter() - self.started[name]
+
+    def v2_playbook_on_stats(self, stats):
+        with open(os.environ["TASK_TIMES_FILE"], "w") as f:
+            json.dump(self.times, f)
+'''
+
+
+def environment(work: str) -> t.Dict[str, str]:
+    env = dict(os.environ)
+    if not env.get("ANSIBLE_COLLECTIONS_PATH"):
+        os.makedirs(os.path.join(work, "collections", "ansible_collections", "kvmhost"))
+        os.symlink(REPO, os.path.join(work, "collections", "ansible_collections", "kvmhost", "ksm"))
+        env["ANSIBLE_COLLECTIONS_PATH"] = os.path.join(work, "collections")
+    env.setdefault("ANSIBLE_PYTHON_INTERPRETER", sys.executable)
+    env["ANSIBLE_LOCALHOST_WARNING"] = "false"
+    env["ANSIBLE_INVENTORY_UNPARSED_WARNING"] = "false"
+    return env
+
+
+def tool(name: str) -> str:
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    return path if os.path.exists(path) else name
+
+
+def rotated(round_no: int) -> t.List[str]:
+    shift = round_no % len(MODULES)
+    return list(MODULES[shift:] + MODULES[:shift])
+
+
+def task_times(env: t.Dict[str, str], work: str, rounds: int, processes: int) -> t.Dict[str, t.List[float]]:
+    """Per-task wall times of the three modules inside one playbook run (plus one warm-up round)."""
+    cb_dir = os.path.join(work, "callback_plugins")
+    os.makedirs(cb_dir, exist_ok=True)
+    with open(os.path.join(cb_dir, "task_times.py"), "w") as f:
+        f.write(CALLBACK)
+    tasks = []
+    for n in range(rounds + 1):
+        for module in rotated(n):
+            args = {"processes": processes} if module == "kvmhost.ksm.ksm_facts" else {}
+            tasks.append({"name": f"{n} {module}", module: args})
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]
+    playbook = os.path.join(work, "bench.yml")
+    with open(playbook, "w") as f:
+        json.dump(play, f)  # JSON is YAML
+    out = os.path.join(work, "times.json")
+    run_env = dict(env, ANSIBLE_CALLBACK_PLUGINS=cb_dir, ANSIBLE_CALLBACKS_ENABLED="task_times",
+                   TASK_TIMES_FILE=out)
+    subprocess.run([tool("ansible-playbook"), playbook], env=run_env, check=True, stdout=subprocess.DEVNULL)
+    with open(out) as f:
+        times = json.load(f)
+    result: t.Dict[str, t.List[float]] = {m: [] for m in MODULES}
+    for name, seconds in times.items():
+        n, module = name.split(" ", 1)
+        if n != "0":  # round 0 warms caches up
+            result[module].append(seconds)
+    return result
+
+
+def adhoc_times(env: t.Dict[str, str], rounds: int, processes: int) -> t.Dict[str, t.List[float]]:
+    result: t.Dict[str, t.List[float]] = {m: [] for m in MODULES}
+    for n in range(rounds + 1):
+        for module in rotated(n):
+            cmd = [tool("ansible"), "localhost", "-m", module]
+            if module == "kvmhost.ksm.ksm_facts":
+                cmd += ["-a", f"processes={processes}"]
+            start = time.perf_counter()
+            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+            if n:
+                result[module].append(time.perf_counter() - start)
+    return result
+
+
+def inproc_time(rounds: int, processes: int) -> float:
+    sys.path.insert(0, os.path.join(REPO, "tests", "support"))
+    import importlib.util
+
+    def load(name: str, path: str) -> t.Any:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+    utils = os.path.join(REPO, "plugins", "module_utils")
+    load("ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs", os.path.join(utils, "_sysfs.py"))
+    facts = load("ansible_collections.kvmhost.ksm.plugins.module_utils._facts", os.path.join(utils, "_facts.py"))
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        facts.collect(processes=processes)  # no systemctl here: service_facts is the one subprocess when used
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def report(title: str, times: t.Dict[str, t.List[float]]) -> t.Dict[str, float]:
+    med = {m: statistics.median(v) for m, v in times.items()}
+    print(f"\n{title} (median of {len(times[MODULES[0]])} runs each, interleaved)")
+    for module in MODULES:
+        print(f"  {SHORT[module]:<10} {med[module] * 1000:8.0f} ms   "
+              f"(min {min(times[module]) * 1000:.0f}, max {max(times[module]) * 1000:.0f})")
+    facts, ping, setup = med["kvmhost.ksm.ksm_facts"], med["ansible.builtin.ping"], med["ansible.builtin.setup"]
+    print(f"  ksm_facts / ping  = {facts / ping:.2f}   (target <= 1.20) {'ok' if facts / ping <= 1.2 else 'MISSED'}")
+    print(f"  ksm_facts / setup = {facts / setup:.2f}   (target <= 0.50) {'ok' if facts / setup <= 0.5 else 'MISSED'}")
+    return med
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=9, help="rounds of the playbook measurement")
+    parser.add_argument("--adhoc-rounds", type=int, default=5, help="rounds of the ad hoc measurement (0 skips)")
+    parser.add_argument("--processes", type=int, default=10, help="the processes option of ksm_facts")
+    parser.add_argument("--pipelining", choices=("off", "on", "both"), default="both",
+                        help="ANSIBLE_PIPELINING for the runs (default: both, one after the other)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="facts-cost-") as work:
+        base = environment(work)
+        print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
+              f"Python {sys.version.split()[0]}, ksm_facts processes={args.processes}")
+        for setting in (("off", "on") if args.pipelining == "both" else (args.pipelining,)):
+            env = dict(base, ANSIBLE_PIPELINING="true" if setting == "on" else "false")
+            report(f"[pipelining {setting}] per task inside one playbook",
+                   task_times(env, work, args.rounds, args.processes))
+            if args.adhoc_rounds:
+                report(f"[pipelining {setting}] whole ad hoc command",
+                       adhoc_times(env, args.adhoc_rounds, args.processes))
+    print(f"\nin-process collector (no Ansible): {inproc_time(20, args.processes) * 1000:.1f} ms median of 20")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
