@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) kvmhost.ksm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -156,7 +155,7 @@ def inproc_time(rounds: int, processes: int) -> float:
     load("ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs", os.path.join(utils, "_sysfs.py"))
     facts = load("ansible_collections.kvmhost.ksm.plugins.module_utils._facts", os.path.join(utils, "_facts.py"))
     samples = []
-    for _ in range(rounds):
+    for _round in range(rounds):
         start = time.perf_counter()
         facts.collect(processes=processes)  # no systemctl here: service_facts is the one subprocess when used
         samples.append(time.perf_counter() - start)

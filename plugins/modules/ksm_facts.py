@@ -44,7 +44,7 @@ description:
   - "Recommended C(merge_across_nodes) (RHEL guidance): V(false) with more than one memory node, else V(true); null
     on kernels without the file (no C(CONFIG_NUMA))."
 author:
-  - kvmhost.ksm contributors
+  - kvmhost.ksm maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - kvmhost.ksm._attributes
   - kvmhost.ksm._attributes.platform
