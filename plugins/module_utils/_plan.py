@@ -167,8 +167,9 @@ def warnings(request, current, ksmtuned_pids):
                      "leave them unmanaged.".format(", ".join(map(str, ksmtuned_pids)), ", ".join(managed)))
     numbers = [n for n in ADVISOR_NUMBERS if n in request]
     if numbers and final_mode(request, current) == "none":
-        found.append("{0} take effect only while advisor_mode is scan-time, and advisor_mode is none; set "
-                     "advisor_mode: scan-time to use them.".format(", ".join(numbers)))
+        found.append("{0} {1} effect only while advisor_mode is scan-time, and advisor_mode is none; set "
+                     "advisor_mode: scan-time to use {2}.".format(", ".join(numbers), "takes" if len(numbers) == 1
+                                                                  else "take", "it" if len(numbers) == 1 else "them"))
     return found
 
 

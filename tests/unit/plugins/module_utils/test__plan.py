@@ -91,7 +91,7 @@ def test_validate_without_ksm():
     ({"run": "running", "pages_to_scan": 5}, {}, [1, 2], ["pid 1, 2", "state, pages_to_scan"]),
     ({"use_zero_pages": True}, {}, [812], []),
     ({"sleep_millisecs": 10}, {}, [], []),
-    ({"advisor_max_cpu": 20}, {}, [], ["advisor_max_cpu take effect only while advisor_mode is scan-time"]),
+    ({"advisor_max_cpu": 20}, {}, [], ["advisor_max_cpu takes effect only while advisor_mode is scan-time"]),
     ({"advisor_max_cpu": 20, "advisor_mode": "none"}, {"advisor_mode": "scan-time"}, [], ["advisor_max_cpu"]),
     ({"advisor_max_cpu": 20, "advisor_mode": "scan-time"}, {}, [], []),
     ({"advisor_max_cpu": 20}, {"advisor_mode": "scan-time"}, [], []),

@@ -301,7 +301,7 @@ def test_warnings(kernel, monkeypatch):
     result = ok({"sysfs_path": ksm.root, "sleep_millisecs": 5, "advisor_max_cpu": 20})
     assert len(result["warnings"]) == 2
     assert "ksmtuned is running (pid 4242)" in result["warnings"][0]
-    assert "advisor_max_cpu take effect only while advisor_mode is scan-time" in result["warnings"][1]
+    assert "advisor_max_cpu takes effect only while advisor_mode is scan-time" in result["warnings"][1]
 
 
 def test_leaving_the_advisor_restores_pages_to_scan(kernel):
