@@ -221,7 +221,7 @@ def derive(tunables, statistics, page_size, bits=64):
         scan_rate = round(pages_to_scan * 1000.0 / sleep, 1)
     full_scan_seconds = None  # type: t.Optional[float]
     if scan_rate:
-        full_scan_seconds = round(rmap_items / scan_rate, 1)
+        full_scan_seconds = round(rmap_items / scan_rate, 3)
     return {
         "saved_pages": saved_pages,
         "saved_bytes": saved_bytes,
