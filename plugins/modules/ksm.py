@@ -9,7 +9,7 @@ module: ksm
 short_description: Configure Kernel Same-page Merging (KSM)
 version_added: 1.0.0
 author:
-  - kvmhost.ksm maintainers
+  - kvmhost.ksm maintainers (!UNKNOWN)
 description:
   - Sets the KSM tunables under O(sysfs_path) and the KSM run state, idempotently and in the order the kernel requires.
   - An option that is not set is not managed. Values are compared parsed, and a value that already holds is never written.

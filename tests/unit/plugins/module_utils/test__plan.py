@@ -56,7 +56,7 @@ def test_by_option_names_run_state():
     ("6.8", True, {"advisor_min_pages_to_scan": 40000}, {}, ["40000 above advisor_max_pages_to_scan=30000",
                                                              "current value"]),
     ("6.8", True, {"advisor_max_pages_to_scan": 400}, {}, ["advisor_min_pages_to_scan=500 above",
-                                                          "requested value"]),
+                                                           "requested value"]),
     ("6.8", True, {"advisor_min_pages_to_scan": 40000, "advisor_max_pages_to_scan": 50000}, {}, None),
     ("6.8", True, {"advisor_max_pages_to_scan": 100}, {"advisor_min_pages_to_scan": 100}, None),
 ])
@@ -303,7 +303,7 @@ def test_execute_persistent_ebusy_rolls_back(ksm_kernel, monkeypatch):
 
 @pytest.mark.parametrize("fault, at, words, restored", [
     (errno.EINVAL, "use_zero_pages", "rejected the value", "advisor_max_cpu=70, advisor_mode=none, "
-                                                              "sleep_millisecs=20"),
+                                                           "sleep_millisecs=20"),
     (errno.EROFS, "advisor_max_cpu", "read-only, which looks like a container", None),
     (errno.EACCES, "advisor_max_cpu", "only be changed by root", None),
     (errno.EINTR, "run", "interrupted by a signal", "advisor_max_cpu=70, advisor_mode=none, "

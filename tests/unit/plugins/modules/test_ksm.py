@@ -157,7 +157,7 @@ def test_diff_shape(ksm_tree, tmp_path):
                       "before_header": root, "after_header": root}
     assert text["before"] == "" and text["before_header"] == text["after_header"] == persist
     assert text["after"].splitlines()[1:] == ["w {0}/pages_to_scan - - - - 1000".format(root),
-                                             "w {0}/run - - - - 1".format(root)]
+                                              "w {0}/run - - - - 1".format(root)]
     assert not os.path.exists(persist)
 
 
