@@ -1,6 +1,6 @@
-#!/usr/bin/env python3
 # Copyright (c) kvmhost.ksm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Benchmark: a converged kvmhost.ksm.ksm run (every knob set, nothing changes) against ansible.builtin.ping.
 
 Both run on localhost in the same session, interleaved (ping, ksm, ping, ksm, ...), so load from other work hits
@@ -105,7 +105,7 @@ def measure(runs: int, tasks: int, root: str, workdir: str) -> t.Dict[str, t.Tup
     results = {}
     for shape, commands in (("adhoc", adhoc), ("playbook", books)):
         times = {"ping": [], "ksm": []}  # type: t.Dict[str, t.List[float]]
-        for _ in range(runs):
+        for _run in range(runs):
             for name in ("ping", "ksm"):
                 times[name].append(timed(commands[name], env)[0])
         results[shape] = (statistics.median(times["ping"]), statistics.median(times["ksm"]))
