@@ -367,6 +367,8 @@ def persist_text(old, request, root):
             continue
         at = len(kept) if at is None else at
         entries[entry[0]] = entry[1]
+    if not request and not old:
+        return old  # nothing to keep: do not create an empty drop-in
     entries.update((n, format_value(n, v)) for n, v in request.items())
     if entries.get("advisor_mode") == "scan-time":
         entries.pop("pages_to_scan", None)  # refused under the advisor, at boot too

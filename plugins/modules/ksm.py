@@ -105,7 +105,9 @@ options:
     type: bool
     default: false
   unmerge_timeout:
-    description: Seconds to wait for C(pages_shared) to reach 0 after unmerging.
+    description:
+      - Seconds to wait for C(pages_shared) to reach 0 after writing C(2) to C(run). The write itself returns when the
+        kernel has unmerged, so V(0) checks once.
     type: int
     default: 120
   persist:
@@ -202,6 +204,7 @@ diff:
 
 import os
 import tempfile
+import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -264,6 +267,32 @@ def stage_file(path, text):
                        .format(path, exc.strerror))
 
 
+def persist_change(params, request, root):
+    # type: (dict, dict, str) -> t.Optional[t.Tuple[str, str, str]]
+    """(path, old text, new text) of persist_file, or None when it is not managed."""
+    if not params["persist"]:
+        return None
+    old = read_file(params["persist_file"])
+    return params["persist_file"], old, _plan.persist_text(old, request, root)
+
+
+def write(module, ksm, plan, request, current, persist):
+    # type: (AnsibleModule, Sysfs, _plan.Plan, dict, dict, t.Optional[t.Tuple[str, str, str]]) -> t.Tuple[dict, bool]
+    """Stage the persist file, write KSM (rolled back on failure), then move the file in place."""
+    tmp = stage_file(persist[0], persist[2]) if persist else None
+    after, unmerged = current, False
+    try:
+        if plan.changes(current):
+            after, unmerged = _plan.execute(ksm, plan, request, current, module.params["unmerge_timeout"])
+    except KsmError:
+        if tmp:
+            os.unlink(tmp)
+        raise
+    if tmp:
+        module.atomic_move(tmp, persist[0])
+    return after, unmerged
+
+
 def apply(module, ksm, proc_root="/proc"):
     # type: (AnsibleModule, Sysfs, str) -> dict
     """Read, validate, plan, write (unless check mode), persist; the result dict."""
@@ -276,23 +305,11 @@ def apply(module, ksm, proc_root="/proc"):
                            mem_available(proc_root), params["allow_unmerge"], ksm.root)
     for warning in _plan.warnings(request, current, processes_named("ksmtuned", proc_root)):
         module.warn(warning)
-    persist = None
-    if params["persist"]:
-        old = read_file(params["persist_file"])
-        persist = (params["persist_file"], old, _plan.persist_text(old, request, ksm.root))
+    persist = persist_change(params, request, ksm.root)
     file_changed = persist is not None and persist[1] != persist[2]
     after, unmerged = dict(current, **request), plan.unmerge
     if not module.check_mode:
-        tmp = stage_file(persist[0], persist[2]) if file_changed else None
-        try:
-            if plan.changes(current):
-                after, unmerged = _plan.execute(ksm, plan, request, current, params["unmerge_timeout"])
-        except KsmError:
-            if tmp:
-                os.unlink(tmp)
-            raise
-        if tmp:
-            module.atomic_move(tmp, persist[0])
+        after, unmerged = write(module, ksm, plan, request, current, persist if file_changed else None)
     result = dict(changed=plan.changes(current) or file_changed, unmerged=unmerged,
                   before=_plan.by_option(current, request), after=_plan.by_option(after, request))
     if module._diff:

@@ -231,6 +231,11 @@ def test_persist_text_drops_pages_to_scan_under_the_advisor():
         "w /sys/kernel/mm/ksm/advisor_mode - - - - scan-time\n"
 
 
+def test_persist_text_nothing_requested():
+    assert _plan.persist_text("", {}, ROOT) == ""
+    assert _plan.persist_text("# mine\n", {}, ROOT) == "# mine\n"
+
+
 def test_persist_text_other_root_is_left_alone():
     old = "w /sys/kernel/mm/ksm/run - - - - 0\n"
     text = _plan.persist_text(old, {"run": "running"}, "/tmp/fake/ksm")
