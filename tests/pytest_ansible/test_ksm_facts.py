@@ -12,7 +12,10 @@ comparison is made within one sample: sysfs is read before and after the module 
 and after readings agree is compared (retried a few times otherwise).
 """
 
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -182,3 +185,74 @@ def test_gather_facts_with_facts_modules(real_ksm, collections_path, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok=2" in proc.stdout and "failed=0" in proc.stdout
+
+
+# --- services from a real systemd: a booted systemd-nspawn container (tests/hosts) ------------------------------------
+
+HOSTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hosts")
+PROBE = "ksm-facts-probe"
+
+
+def cached_rootfs() -> t.Optional[str]:
+    """The Debian 12 test rootfs tests/hosts/rootfs would print, if it is already built (never build it here)."""
+    with open(os.path.join(HOSTS, "build-rootfs"), "rb") as f:
+        key = hashlib.sha256(f.read() + b"\n").hexdigest()[:16]
+    cache = os.environ.get("KSM_HOSTS_CACHE", os.path.join(os.path.dirname(HOSTS), "..", ".cache", "hosts"))
+    path = os.path.join(cache, f"rootfs-{key}")
+    return path if os.path.isdir(path) else None
+
+
+def test_services_from_systemd_in_a_container(real_ksm, collections_path, tmp_path):
+    """ksm.service, ksmtuned.service and the ksmtuned process as systemd shows them, before and after installing
+    ksmtuned (from the image's offline apt repository). The container drives the host's KSM (under real_ksm)."""
+    missing = [c for c in ("systemd-nspawn", "socat", "nsenter", "unshare", "ssh") if not shutil.which(c)]
+    if missing:
+        pytest.skip(f"container test hosts need {', '.join(missing)} (tests/hosts/setup-host installs them)")
+    rootfs = cached_rootfs()
+    if not rootfs:
+        pytest.skip("no cached test rootfs; build it with tests/hosts/rootfs (the molecule step does)")
+    nspawn = [sys.executable, os.path.join(HOSTS, "nspawn-hosts")]
+    state = os.environ.get("KSM_HOSTS_STATE", os.path.join(os.path.dirname(HOSTS), "..", ".cache", "hosts", "run"))
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(json.dumps({"all": {"hosts": {PROBE: {
+        "ansible_user": "root",
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "ansible_ssh_private_key_file": os.path.join(state, "id_ed25519"),
+        "ansible_ssh_common_args": f'-o ProxyCommand="{" ".join(nspawn)} proxy {PROBE}" -o StrictHostKeyChecking=no '
+                                   "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+    }}}}))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path, ANSIBLE_HOST_KEY_CHECKING="false",
+               ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="kvmhost_result",
+               ANSIBLE_CALLBACK_PLUGINS=os.path.join(os.path.dirname(os.path.abspath(__file__)), "callback_plugins"))
+    ansible = os.path.join(os.path.dirname(sys.executable), "ansible")
+    if not os.path.exists(ansible):
+        ansible = "ansible"
+
+    def on_probe(module: str, args: str) -> t.Dict[str, t.Any]:
+        proc = subprocess.run([ansible, "-i", str(inventory), PROBE, "-m", module, "-a", args], env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith('{"host"')]
+        assert len(lines) == 1, f"{module} on {PROBE}: {proc.stdout}{proc.stderr}"
+        event = json.loads(lines[0])
+        assert event["status"] == "ok", event["result"]
+        return event["result"]
+
+    subprocess.run(nspawn + ["up", PROBE], check=True, timeout=300)
+    try:
+        facts = on_probe(FACTS, "processes=0")["ansible_facts"]["ksm"]
+        assert facts["available"] is True and facts["writable"] is True  # /sys/kernel/mm/ksm bound in writable
+        services = facts["services"]
+        assert services["manager"] == "systemd"
+        assert services["units"]["ksm.service"]["load_state"] == "not-found"  # no ksmtuned package yet
+        assert "qemu-kvm.service" not in services["units"]
+        assert services["ksmtuned_running"] is False
+
+        on_probe("ansible.builtin.apt", "name=ksmtuned state=present")
+        facts = on_probe(FACTS, "processes=0")["ansible_facts"]["ksm"]
+        services = facts["services"]
+        expected = {"load_state": "loaded", "active_state": "active", "unit_file_state": "enabled"}
+        assert services["units"] == {"ksm.service": expected, "ksmtuned.service": expected}  # Debian enables both
+        assert services["ksmtuned_running"] is True and len(services["ksmtuned_pids"]) == 1
+        assert facts["state"] == "running"  # ksm.service ran ksmctl start: run=1 on the host's KSM
+    finally:
+        subprocess.run(nspawn + ["down", PROBE], check=False, timeout=120)
