@@ -325,11 +325,27 @@ def service_facts(run_command, systemctl, systemd_root=SYSTEMD_ROOT, units=SERVI
 
 def process_source(proc_root=PROC_ROOT):
     # type: (str) -> t.Optional[str]
-    """Which per-process KSM file this kernel has: 'ksm_stat' (6.1+), 'ksm_merging_pages' (5.19+) or None."""
-    for name in ("ksm_stat", "ksm_merging_pages"):
-        if os.path.exists(os.path.join(proc_root, "self", name)):
-            return name
+    """The per-process file that tells merged pages on this kernel, judged by /proc/self: 'ksm_stat' when it has a
+    ksm_merging_pages line (6.4+), else 'ksm_merging_pages' (5.19+; 6.1's ksm_stat has ksm_rmap_items only), else None.
+    """
+    try:
+        if "ksm_merging_pages" in parse_ksm_stat(_read(os.path.join(proc_root, "self", "ksm_stat"))):
+            return "ksm_stat"
+    except (IOError, OSError):
+        pass
+    if os.path.exists(os.path.join(proc_root, "self", "ksm_merging_pages")):
+        return "ksm_merging_pages"
     return None
+
+
+def _rmap_items(base):
+    # type: (str) -> t.Optional[int]
+    """ksm_rmap_items from a 6.1-style ksm_stat next to ksm_merging_pages; None when unreadable or absent."""
+    try:
+        value = parse_ksm_stat(_read(os.path.join(base, "ksm_stat"))).get("ksm_rmap_items")
+    except (IOError, OSError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _process_record(pid, source, text):
@@ -358,6 +374,8 @@ def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
     read are skipped. Returns {"ksmd": ..., "ksmtuned_pids": [...], "processes": [...]} (processes sorted)."""
     if limit > 0 and source is None:
         source = process_source(proc_root)
+    # 6.1: merged pages from ksm_merging_pages, rmap items from ksm_stat (read only for processes with merged pages)
+    stat_too = source == "ksm_merging_pages" and os.path.exists(os.path.join(proc_root, "self", "ksm_stat"))
     ksmd = None  # type: t.Optional[ProcStat]
     ksmtuned = []  # type: t.List[int]
     records = []  # type: t.List[Facts]
@@ -386,6 +404,10 @@ def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
         except (IOError, OSError, ValueError):
             continue
         if record and (record["merging_pages"] or record.get("zero_pages")):
+            if stat_too:
+                rmap = _rmap_items(base)
+                if rmap is not None:
+                    record["rmap_items"] = rmap
             comms[pid] = stat.comm
             records.append(record)
     top = heapq.nlargest(limit, records, key=lambda r: (r["merging_pages"], r.get("zero_pages", 0), -r["pid"])) \

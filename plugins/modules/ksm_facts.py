@@ -317,8 +317,10 @@ ansible_facts:
               sample: []
             process_file:
               description:
-                - The per-process KSM file of this kernel, V(ksm_stat) (6.1+) or V(ksm_merging_pages) (5.19+);
-                  V(null) when it has neither (then RV(ansible_facts.ksm.processes) is always empty).
+                - The per-process file that tells merged pages on this kernel, V(ksm_stat) where it has a
+                  C(ksm_merging_pages) line (6.4+), else V(ksm_merging_pages) (5.19+; on 6.1 the C(ksm_stat) file
+                  holds only C(ksm_rmap_items), which is then read as well for processes with merged pages).
+                - V(null) when the kernel has neither file (then RV(ansible_facts.ksm.processes) is always empty).
               type: str
               sample: ksm_stat
         saved_pages:
@@ -475,7 +477,7 @@ ansible_facts:
               type: int
               sample: 0
             rmap_items:
-              description: Its pages KSM tracks (C(ksm_rmap_items); kernels with C(ksm_stat)).
+              description: Its pages KSM tracks (C(ksm_rmap_items); kernels with C(ksm_stat), 6.1+).
               type: int
               sample: 16384
             profit_bytes:

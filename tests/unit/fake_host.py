@@ -33,13 +33,16 @@ def ksm_stat_text(merging=0, rmap=0, zero=None, profit=None, merge_any=None, mer
 
 def make_proc(root, processes, ksm_file="ksm_stat"):
     """A fake /proc: processes is a list of dicts with pid, comm, and optionally ppid, utime, stime, ksm (text of the
-    per-process KSM file, None for no file), cmdline (argv list). 'self' gets the KSM file when ksm_file is set
-    (ksm_file None: a kernel with neither file)."""
+    per-process KSM file, None for no file), ksm_stat (text of a second file, ksm_file "6.1" only), cmdline (argv).
+    ksm_file: "ksm_stat" (6.4+), "ksm_merging_pages" (5.19-6.0), "6.1" (ksm_merging_pages in "ksm", plus a ksm_stat
+    with ksm_rmap_items only) or None (a kernel with neither file); 'self' gets the same files."""
     root = str(root)
     os.makedirs(os.path.join(root, "self"))
-    if ksm_file:
-        with open(os.path.join(root, "self", ksm_file), "w") as f:
-            f.write("0\n" if ksm_file == "ksm_merging_pages" else ksm_stat_text())
+    selfs = {"ksm_stat": {"ksm_stat": ksm_stat_text()}, "ksm_merging_pages": {"ksm_merging_pages": "0\n"},
+             "6.1": {"ksm_merging_pages": "0\n", "ksm_stat": "ksm_rmap_items 0\n"}, None: {}}[ksm_file]
+    for name, text in selfs.items():
+        with open(os.path.join(root, "self", name), "w") as f:
+            f.write(text)
     for proc in processes:
         base = os.path.join(root, str(proc["pid"]))
         os.makedirs(base)
@@ -47,8 +50,11 @@ def make_proc(root, processes, ksm_file="ksm_stat"):
             f.write(proc_stat_line(proc["pid"], proc["comm"], proc.get("ppid", 1), proc.get("utime", 0),
                                    proc.get("stime", 0)))
         if ksm_file and proc.get("ksm") is not None:
-            with open(os.path.join(base, ksm_file), "w") as f:
+            with open(os.path.join(base, "ksm_merging_pages" if ksm_file == "6.1" else ksm_file), "w") as f:
                 f.write(proc["ksm"])
+        if ksm_file == "6.1" and proc.get("ksm_stat") is not None:
+            with open(os.path.join(base, "ksm_stat"), "w") as f:
+                f.write(proc["ksm_stat"])
         with open(os.path.join(base, "cmdline"), "wb") as f:
             argv = proc.get("cmdline", [])
             f.write("".join(a + "\0" for a in argv).encode("utf-8"))

@@ -367,10 +367,28 @@ def test_processes_top_n_from_ksm_stat(fake_proc):
     assert everything[2]["profit_bytes"] == 500 * 4096 - 510 * 64
 
 
-def test_processes_6_1_ksm_stat_has_only_rmap_items(fake_proc):
-    # 6.1: ksm_stat has ksm_rmap_items only, so nothing tells merged pages: no process is reported
-    proc = fake_proc(KTHREADS + [{"pid": 1001, "comm": "qemu-kvm", "ksm": "ksm_rmap_items 512\n"}])
-    assert _facts.scan_proc(proc, 10)["processes"] == []
+def test_processes_6_1_merged_pages_from_ksm_merging_pages_rmap_items_from_ksm_stat(fake_proc):
+    # 6.1 (observed in a Debian 12 guest, 6.1.0-56): ksm_stat has only ksm_rmap_items; ksm_merging_pages has the pages
+    proc = fake_proc(KTHREADS + [
+        {"pid": 1001, "comm": "qemu-kvm", "cmdline": ["qemu-kvm", "-name", "guest=db"], "ksm": "300\n",
+         "ksm_stat": "ksm_rmap_items 512\n"},
+        {"pid": 1002, "comm": "qemu-kvm", "ksm": "200\n"},  # its ksm_stat vanished: no rmap_items
+        {"pid": 1003, "comm": "bash", "ksm": "0\n", "ksm_stat": "ksm_rmap_items 0\n"},
+    ], ksm_file="6.1")
+    assert _facts.process_source(proc) == "ksm_merging_pages"
+    scan = _facts.scan_proc(proc, 10, page_size=4096)
+    assert scan["processes"] == [
+        {"pid": 1001, "comm": "qemu-kvm", "guest": "db", "merging_pages": 300, "rmap_items": 512,
+         "saved_bytes": 300 * 4096},
+        {"pid": 1002, "comm": "qemu-kvm", "guest": None, "merging_pages": 200, "saved_bytes": 200 * 4096},
+    ]
+
+
+@pytest.mark.parametrize("ksm_file, source", [
+    ("ksm_stat", "ksm_stat"), ("6.1", "ksm_merging_pages"), ("ksm_merging_pages", "ksm_merging_pages"), (None, None),
+])
+def test_process_source(tmp_path, ksm_file, source):
+    assert _facts.process_source(make_proc(tmp_path / "proc", [], ksm_file)) == source
 
 
 def test_processes_from_ksm_merging_pages_only(fake_proc):
