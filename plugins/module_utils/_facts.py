@@ -416,7 +416,7 @@ def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
     for record in top:
         pid = record["pid"]
         record["comm"] = comms[pid]
-        record["saved_bytes"] = (record["merging_pages"] + record.get("zero_pages", 0)) * page_size
+        record["merged_bytes"] = (record["merging_pages"] + record.get("zero_pages", 0)) * page_size
         try:
             with open(os.path.join(proc_root, str(pid), "cmdline"), "rb") as f:
                 argv = parse_cmdline(f.read())

@@ -39,8 +39,10 @@ description:
     bounded by CPU)."
   - "RV(ansible_facts.ksm.full_scan_seconds) = RV(ansible_facts.ksm.rmap_items) / RV(ansible_facts.ksm.scan_rate), the
     estimated time of one full scan over the mergeable memory KSM has seen; null when the scan rate is null or 0."
-  - "Per process: C(saved_bytes) = (C(ksm_merging_pages) + C(ksm_zero_pages)) x P; C(profit_bytes) is the kernel's
-    C(ksm_process_profit) = (C(ksm_merging_pages) + C(ksm_zero_pages)) x P - C(ksm_rmap_items) x R."
+  - "Per process: C(merged_bytes) = (C(ksm_merging_pages) + C(ksm_zero_pages)) x P; C(profit_bytes) is the kernel's
+    C(ksm_process_profit) = (C(ksm_merging_pages) + C(ksm_zero_pages)) x P - C(ksm_rmap_items) x R. Every process
+    that maps a KSM page counts it, the one that would keep the copy included, so the figures of all processes add
+    up to more than RV(ansible_facts.ksm.saved_bytes)."
   - "Recommended C(merge_across_nodes) (RHEL guidance): V(false) with more than one memory node, else V(true); null
     on kernels without the file (no C(CONFIG_NUMA))."
 author:
@@ -104,7 +106,7 @@ EXAMPLES = r"""
 
 - name: List the guests that share the most memory
   ansible.builtin.debug:
-    msg: "{{ item.guest | default(item.comm, true) }} (pid {{ item.pid }}): {{ item.saved_bytes }} bytes"
+    msg: "{{ item.guest | default(item.comm, true) }} (pid {{ item.pid }}): {{ item.merged_bytes }} bytes merged"
   loop: "{{ ansible_facts.ksm.processes }}"
 
 - name: Warn when merge_across_nodes differs from the recommendation for this NUMA topology
@@ -492,8 +494,12 @@ ansible_facts:
               description: Whether it has mergeable memory (C(ksm_mergeable)); newer kernels only.
               type: bool
               sample: true
-            saved_bytes:
-              description: (C(merging_pages) + C(zero_pages)) x RV(ansible_facts.ksm.page_size).
+            merged_bytes:
+              description:
+                - Memory of the process backed by KSM pages, (C(merging_pages) + C(zero_pages)) x
+                  RV(ansible_facts.ksm.page_size).
+                - Not its saving alone; the figures of all processes add up to more than
+                  RV(ansible_facts.ksm.saved_bytes).
               type: int
               sample: 67108864
 """

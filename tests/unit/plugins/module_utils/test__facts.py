@@ -359,7 +359,7 @@ def test_processes_top_n_from_ksm_stat(fake_proc):
     first = scan["processes"][0]
     assert first == {"pid": 1002, "comm": "qemu-system-x86", "guest": "web2", "merging_pages": 900,
                      "zero_pages": 4, "rmap_items": 910, "profit_bytes": 1, "merge_any": False,
-                     "mergeable": True, "saved_bytes": 904 * 4096}
+                     "mergeable": True, "merged_bytes": 904 * 4096}
     assert scan["processes"][1]["guest"] is None  # not qemu, even with a -name argument
     everything = _facts.scan_proc(proc, 10)["processes"]
     assert [p["pid"] for p in everything] == [1002, 1003, 1001]
@@ -379,8 +379,8 @@ def test_processes_6_1_merged_pages_from_ksm_merging_pages_rmap_items_from_ksm_s
     scan = _facts.scan_proc(proc, 10, page_size=4096)
     assert scan["processes"] == [
         {"pid": 1001, "comm": "qemu-kvm", "guest": "db", "merging_pages": 300, "rmap_items": 512,
-         "saved_bytes": 300 * 4096},
-        {"pid": 1002, "comm": "qemu-kvm", "guest": None, "merging_pages": 200, "saved_bytes": 200 * 4096},
+         "merged_bytes": 300 * 4096},
+        {"pid": 1002, "comm": "qemu-kvm", "guest": None, "merging_pages": 200, "merged_bytes": 200 * 4096},
     ]
 
 
@@ -399,7 +399,7 @@ def test_processes_from_ksm_merging_pages_only(fake_proc):
     scan = _facts.scan_proc(proc, 10, page_size=4096)
     assert scan["source"] == "ksm_merging_pages"
     assert scan["processes"] == [{"pid": 1001, "comm": "qemu-kvm", "guest": "db", "merging_pages": 300,
-                                  "saved_bytes": 300 * 4096}]
+                                  "merged_bytes": 300 * 4096}]
 
 
 def test_processes_on_a_kernel_with_neither_file(fake_proc, ksm_tree, node_tree):
