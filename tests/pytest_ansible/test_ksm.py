@@ -6,6 +6,8 @@ Every test runs under the machine-wide lock with the KSM state saved first and r
 real_ksm); without root or KSM the tests are skipped with the reason printed.
 """
 
+import shutil
+import subprocess
 import typing as t
 
 import pytest
@@ -180,3 +182,20 @@ def test_diff_shape(real_ksm, run_module):
     assert result["diff"] == [{"before": before, "after": after,
                                "before_header": "/sys/kernel/mm/ksm", "after_header": "/sys/kernel/mm/ksm"}]
     assert "diff" not in run_module("ksm", **after)
+
+
+def test_persist_file_applies_with_systemd_tmpfiles(real_ksm, run_module, tmp_path):
+    tmpfiles = shutil.which("systemd-tmpfiles")
+    if not tmpfiles:
+        print("skipping: systemd-tmpfiles is not installed here")
+        pytest.skip("systemd-tmpfiles is not installed here")
+    persist = tmp_path / "kvmhost-ksm.conf"
+    want = {"sleep_millisecs": real_ksm.read("sleep_millisecs") + 9, "advisor_mode": "none",
+            "pages_to_scan": real_ksm.read("pages_to_scan") + 9, "state": "running"}
+    assert run_module("ksm", persist=True, persist_file=str(persist), **want)["changed"]
+    for name, value in (("run", "stopped"), ("sleep_millisecs", want["sleep_millisecs"] - 5),
+                        ("pages_to_scan", want["pages_to_scan"] - 5)):
+        real_ksm.write(name, value)  # as after a reboot
+    subprocess.run([tmpfiles, "--create", str(persist)], check=True)
+    assert (real_ksm.read("sleep_millisecs"), real_ksm.read("pages_to_scan"), real_ksm.read("run")) == \
+        (want["sleep_millisecs"], want["pages_to_scan"], "running")
