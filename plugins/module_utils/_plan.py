@@ -291,6 +291,7 @@ def execute(ksm, plan, request, before, timeout):
         for name, value in plan.writes:
             touched.append(name)
             if KNOBS[name].busy:
+                touched.append("run")  # a retry may unmerge
                 unmerged = _write_busy(ksm, name, value, plan, timeout) or unmerged
             else:
                 ksm.write(name, value)

@@ -293,6 +293,16 @@ def test_execute_ebusy_race_unmerges_when_allowed(ksm_kernel, monkeypatch):
     assert ksm.written() == ["run", "max_page_sharing", "run", "max_page_sharing", "run"]
 
 
+def test_execute_ebusy_race_then_failure_restores_run(ksm_kernel, monkeypatch):
+    monkeypatch.setattr(_plan, "EBUSY_DELAY", 0)
+    ksm = ksm_kernel("6.8", run="stopped", pages_shared=5, faults={"max_page_sharing": errno.EIO})
+    with pytest.raises(KsmError) as info:
+        run(ksm, {"merge_across_nodes": False, "max_page_sharing": 100}, allow=True, shared=0)
+    assert ksm.written()[:3] == ["merge_across_nodes", "run", "merge_across_nodes"]  # EBUSY, unmerge, retry
+    assert str(info.value).endswith("; rolled back merge_across_nodes=1, state=0.")
+    assert ksm.read("run") == "stopped"
+
+
 def test_execute_persistent_ebusy_rolls_back(ksm_kernel, monkeypatch):
     monkeypatch.setattr(_plan, "EBUSY_DELAY", 0)
     ksm = ksm_kernel("6.8", run="running", faults={"merge_across_nodes": errno.EBUSY})
