@@ -6,7 +6,7 @@
 (values override them, as typed or text) and returns its path. Layouts: "4.18" (RHEL 8: the 14 files of 4.13),
 "5.14" (RHEL 9, same 14), "6.1" (Debian 12, same 14), "6.8" (all 24; also 6.12 and 6.18).
 
-``ksm_kernel(layout="6.8", numa=True, faults=None, **values)`` builds the same tree and returns a ``FakeKernel``:
+``ksm_kernel(layout="6.8", numa=True, faults=None, **values)`` builds the same tree and returns a FakeKernel (``fake_kernel``):
 a ``Sysfs`` on it that also behaves like mm/ksm.c where a plain file cannot (run=2 unmerges, the EBUSY knobs refuse
 a change while pages_shared != 0, pages_to_scan is refused under the advisor, a change of advisor_mode resets
 pages_to_scan, advisor_mode reads back bracketed). ``faults`` maps a knob name to an errno, or to a list of errnos
@@ -80,17 +80,17 @@ def ksm_tree(tmp_path):
     return build
 
 
-try:  # plain pytest from the repository, or ansible-test units from the collection tree
-    from ansible_collections.kvmhost.ksm.plugins.module_utils import _sysfs
-except ImportError:  # pragma: no cover
-    _sysfs = None
+def _sysfs():
+    """The collection's sysfs layer, imported late: the collection loader may be set up after conftest import."""
+    from ansible_collections.kvmhost.ksm.plugins.module_utils import _sysfs as layer
+    return layer
 
 
-class FakeKernel(_sysfs.Sysfs if _sysfs else object):
-    """A Sysfs over a fake tree that answers writes the way the kernel does."""
+class KernelBehaviour(object):
+    """Mixed into a Sysfs over a fake tree (see fake_kernel): answers writes the way the kernel does."""
 
     def __init__(self, root, faults=None):
-        super(FakeKernel, self).__init__(root)
+        super(KernelBehaviour, self).__init__(root)
         self.faults = dict(faults or {})
         self.log = []  # every write attempted, as (name, text)
 
@@ -105,20 +105,20 @@ class FakeKernel(_sysfs.Sysfs if _sysfs else object):
         return fault
 
     def write_text(self, name, text):
+        layer = _sysfs()
         self.log.append((name, text))
         err = self._fault(name)
         if err is None:
             err = self._kernel_refuses(name, text)
         if err is not None:
-            path = self.path(name)
-            raise _sysfs.KsmError(_sysfs.explain(path, text, err, "6.8.0-fake"), err)
+            raise layer.KsmError(layer.explain(self.path(name), text, err, "6.8.0-fake"), err)
         self._kernel_writes(name, text)
 
     def _kernel_refuses(self, name, text):
-        knob = _sysfs.KNOBS[name]
+        layer = _sysfs()
         if name == "pages_to_scan" and self.has("advisor_mode") and self.read("advisor_mode") != "none":
             return errno.EINVAL
-        if knob.busy and _sysfs.parse(name, text) != self.read(name) and self.read("pages_shared"):
+        if layer.KNOBS[name].busy and layer.parse(name, text) != self.read(name) and self.read("pages_shared"):
             return errno.EBUSY
         return None
 
@@ -127,7 +127,7 @@ class FakeKernel(_sysfs.Sysfs if _sysfs else object):
             if text != self.read("advisor_mode"):
                 reset = "100" if text == "none" else self.read_text("advisor_min_pages_to_scan")
                 self._set("pages_to_scan", reset)
-            text = " ".join("[%s]" % m if m == text else m for m in _sysfs.ADVISOR_MODES)
+            text = " ".join("[%s]" % m if m == text else m for m in _sysfs().ADVISOR_MODES)
         if name == "run" and text == "2":
             for stat in ("pages_shared", "pages_sharing", "full_scans"):
                 self._set(stat, "0")
@@ -138,8 +138,14 @@ class FakeKernel(_sysfs.Sysfs if _sysfs else object):
         return [name for name, _text in self.log]
 
 
+def fake_kernel(root, faults=None):
+    """A FakeKernel: KernelBehaviour over the collection's Sysfs."""
+    cls = type("FakeKernel", (KernelBehaviour, _sysfs().Sysfs), {})
+    return cls(root, faults)
+
+
 @pytest.fixture
 def ksm_kernel(tmp_path):
     def build(layout="6.8", numa=True, faults=None, **values):
-        return FakeKernel(make_tree(tmp_path / "ksm", layout, numa, **values), faults)
+        return fake_kernel(make_tree(tmp_path / "ksm", layout, numa, **values), faults)
     return build
