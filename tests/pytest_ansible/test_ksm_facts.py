@@ -211,7 +211,7 @@ def test_services_from_systemd_in_a_container(real_ksm, collections_path, tmp_pa
     rootfs = cached_rootfs()
     if not rootfs:
         pytest.skip("no cached test rootfs; build it with tests/hosts/rootfs (the molecule step does)")
-    nspawn = [sys.executable, os.path.join(HOSTS, "nspawn-hosts")]
+    nspawn = [os.path.join(HOSTS, "nspawn-hosts")]
     state = os.environ.get("KSM_HOSTS_STATE", os.path.join(os.path.dirname(HOSTS), "..", ".cache", "hosts", "run"))
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(json.dumps({"all": {"hosts": {PROBE: {
