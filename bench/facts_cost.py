@@ -12,9 +12,12 @@ other in time, so a load change on a shared machine cancels out):
            end): what a module costs a play; the controller's start-up is paid once and left out.
   ad hoc   wall time and CPU time (user + system, all processes) of a whole `ansible localhost -m MODULE` command,
            controller start-up included.
+  payload  wall and CPU time of each module's AnsiballZ payload run directly with the managed host's Python: the
+           cost on the managed host alone (Python start-up, module_utils import, the module's work), no controller.
   in-proc  the module's own work (the collector, without Ansible) in this Python, for scale.
 
-    python3 bench/facts_cost.py [--rounds 9] [--adhoc-rounds 5] [--processes 10] [--pipelining off|on|both]
+    python3 bench/facts_cost.py [--rounds 9] [--adhoc-rounds 5] [--payload-rounds 15] [--processes 10]
+                                [--pipelining off|on|both]
 
 Ansible's fixed cost per task (temporary directory, file transfer, several /bin/sh commands) is the same for the
 three modules and shrinks with ANSIBLE_PIPELINING=true; both settings are measured by default.
@@ -151,6 +154,35 @@ def adhoc_times(env: t.Dict[str, str], rounds: int, processes: int) -> t.Tuple[t
     return wall, cpu
 
 
+def payload_times(env: t.Dict[str, str], work: str, rounds: int,
+                  processes: int) -> t.Tuple[t.Dict[str, t.List[float]], ...]:
+    """Wall and CPU time of each module's AnsiballZ payload run directly on this host: the managed host's share."""
+    remote = os.path.join(work, "remote")
+    keep = dict(env, ANSIBLE_KEEP_REMOTE_FILES="1", ANSIBLE_REMOTE_TMP=remote, ANSIBLE_PIPELINING="false")
+    payloads = {}
+    for module in MODULES:
+        cmd = [tool("ansible"), "localhost", "-m", module]
+        if module == "kvmhost.ksm.ksm_facts":
+            cmd += ["-a", f"processes={processes}"]
+        before = set(os.listdir(remote)) if os.path.isdir(remote) else set()
+        subprocess.run(cmd, env=keep, check=True, stdout=subprocess.DEVNULL)
+        new = sorted(set(os.listdir(remote)) - before)
+        files = [os.path.join(remote, d, f) for d in new for f in os.listdir(os.path.join(remote, d))
+                 if f.startswith("AnsiballZ_")]
+        payloads[module] = files[0]
+    python = env["ANSIBLE_PYTHON_INTERPRETER"]
+    wall: t.Dict[str, t.List[float]] = {m: [] for m in MODULES}
+    cpu: t.Dict[str, t.List[float]] = {m: [] for m in MODULES}
+    for n in range(rounds + 1):
+        for module in rotated(n):
+            start, start_cpu = time.perf_counter(), cpu_seconds()
+            subprocess.run([python, payloads[module]], check=True, stdout=subprocess.DEVNULL)
+            if n:
+                wall[module].append(time.perf_counter() - start)
+                cpu[module].append(cpu_seconds() - start_cpu)
+    return wall, cpu
+
+
 def inproc_time(rounds: int, processes: int) -> float:
     sys.path.insert(0, os.path.join(REPO, "tests", "support"))
     import importlib.util
@@ -195,6 +227,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=9, help="rounds of the playbook measurement")
     parser.add_argument("--adhoc-rounds", type=int, default=5, help="rounds of the ad hoc measurement (0 skips)")
+    parser.add_argument("--payload-rounds", type=int, default=15,
+                        help="rounds of the module payload measurement (0 skips)")
     parser.add_argument("--processes", type=int, default=10, help="the processes option of ksm_facts")
     parser.add_argument("--pipelining", choices=("off", "on", "both"), default="both",
                         help="ANSIBLE_PIPELINING for the runs (default: both, one after the other)")
@@ -203,10 +237,16 @@ def main() -> int:
         base = environment(work)
         print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
               f"Python {sys.version.split()[0]}, ksm_facts processes={args.processes}")
-        for setting in (("off", "on") if args.pipelining == "both" else (args.pipelining,)):
+        if args.payload_rounds:
+            wall, cpu = payload_times(base, work, args.payload_rounds, args.processes)
+            report("module payload alone on this host (AnsiballZ run directly), wall time", wall)
+            report("module payload alone on this host (AnsiballZ run directly), CPU time", cpu)
+        settings = ("off", "on") if args.pipelining == "both" else (args.pipelining,)
+        for setting in settings if args.rounds or args.adhoc_rounds else ():
             env = dict(base, ANSIBLE_PIPELINING="true" if setting == "on" else "false")
-            report(f"[pipelining {setting}] per task inside one playbook",
-                   task_times(env, work, args.rounds, args.processes))
+            if args.rounds:
+                report(f"[pipelining {setting}] per task inside one playbook",
+                       task_times(env, work, args.rounds, args.processes))
             if args.adhoc_rounds:
                 wall, cpu = adhoc_times(env, args.adhoc_rounds, args.processes)
                 report(f"[pipelining {setting}] whole ad hoc command, wall time", wall)
