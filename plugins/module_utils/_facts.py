@@ -14,7 +14,6 @@ Formulas: ksm-kernel.md section 8 (kernel Documentation/admin-guide/mm/ksm.rst).
 """
 
 import errno
-import heapq
 import os
 import platform
 import sys
@@ -434,8 +433,8 @@ def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
                     record["rmap_items"] = rmap
             comms[pid] = stat.comm
             records.append(record)
-    top = heapq.nlargest(limit, records, key=lambda r: (r["merging_pages"], r.get("zero_pages", 0), -r["pid"])) \
-        if limit > 0 else []
+    records.sort(key=lambda r: (r["merging_pages"], r.get("zero_pages", 0), -r["pid"]), reverse=True)
+    top = records[:limit] if limit > 0 else []
     processes = []  # type: t.List[Facts]
     for record in top:
         pid = record["pid"]
