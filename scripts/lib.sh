@@ -1,3 +1,5 @@
+# shellcheck shell=bash disable=SC2034
+# (sourced: the scripts that source it use the variables)
 # Shared by scripts/bootstrap, scripts/run and scripts/test (sourced, not executed).
 # Paths are computed from this file's location; nothing here depends on what an earlier run left in $HOME.
 
