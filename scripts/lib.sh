@@ -72,12 +72,32 @@ collections_link() {
     printf '%s\n' "$1"
 }
 
+# Where the ansible-test stages live between runs: outside the work tree, one folder per clone.
+stage_home() {
+    printf '%s\n' "${KVMHOST_STAGE_HOME:-$HOME/.cache/kvmhost-ksm}/$(printf '%s' "$REPO" | sha256sum | cut -c1-12)"
+}
+
 # stage_collection PARENT: a fresh copy of the work tree (tracked + untracked-not-ignored files) at
 # PARENT/ansible_collections/kvmhost/ksm, outside any git work tree (toolchain guide, section 4). Prints the path.
+# A stage that already exists is emptied except for tests/output/.tmp/delegation: the venvs that
+# `ansible-test units --venv` made there are reused when still sound (a cache, rebuilt when missing).
 stage_collection() {
-    local dest="$1/ansible_collections/kvmhost/ksm"
+    local dest="$1/ansible_collections/kvmhost/ksm" keep="" venv
+    if [ -d "$dest/tests/output/.tmp/delegation" ]; then
+        keep="$1/delegation.keep"
+        rm -rf "$keep"
+        mv "$dest/tests/output/.tmp/delegation" "$keep"
+        for venv in "$keep"/*/; do
+            [ -d "$venv" ] || continue
+            "$venv/bin/python" -c '' >/dev/null 2>&1 || rm -rf "$venv"
+        done
+    fi
     rm -rf "$dest"
     mkdir -p "$dest"
+    if [ -n "$keep" ]; then
+        mkdir -p "$dest/tests/output/.tmp"
+        mv "$keep" "$dest/tests/output/.tmp/delegation"
+    fi
     (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
         tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$dest"
     printf '%s\n' "$dest"
