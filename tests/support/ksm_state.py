@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) kvmhost.ksm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Save, restore and guard the real KSM state of the test machine.

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) kvmhost.ksm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A reproducible merging workload: several processes holding identical anonymous pages marked MADV_MERGEABLE.
@@ -64,7 +63,7 @@ class Workload:
 
     def __enter__(self) -> "Workload":
         try:
-            for _ in range(self.processes):
+            for _index in range(self.processes):
                 self.procs.append(subprocess.Popen(
                     [sys.executable, os.path.abspath(__file__), "--hold", str(self.mib)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
