@@ -3,27 +3,14 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The ksm module through AnsibleModule on fake KSM trees: results, check and diff mode, persistence, errors."""
 
-import contextlib
 import errno
-import json
 import os
 
 import pytest
 
 from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
 from ansible_collections.kvmhost.ksm.plugins.modules import ksm as module
-
-try:  # ansible-core >= 2.19
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # 2.16-2.18
-    from unittest import mock
-
-    @contextlib.contextmanager
-    def patch_module_args(args=None):
-        payload = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}})
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", to_bytes(payload)):
-            yield
+from ansible_collections.kvmhost.ksm.tests.unit.module_args import patch_module_args
 
 
 class Exit(Exception):

@@ -6,7 +6,6 @@
 KSM comes from fake trees (sysfs_path); /proc, the NUMA nodes and systemd are this machine's, read-only.
 """
 
-import contextlib
 import json
 import os
 
@@ -14,20 +13,9 @@ import pytest
 import yaml
 
 from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
 
 from ansible_collections.kvmhost.ksm.plugins.modules import ksm_facts
-
-try:  # ansible-core >= 2.19
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # 2.16-2.18
-    from unittest import mock
-
-    @contextlib.contextmanager
-    def patch_module_args(args=None):
-        payload = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}})
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", to_bytes(payload)):
-            yield
+from ansible_collections.kvmhost.ksm.tests.unit.module_args import patch_module_args
 
 
 class Exit(Exception):
