@@ -118,7 +118,7 @@ def run_module(collections_path: str) -> t.Callable[..., t.Dict[str, t.Any]]:
 
     def run(name: str, check: bool = False, diff: bool = False, **args: t.Any) -> t.Dict[str, t.Any]:
         fqcn = name if "." in name else f"kvmhost.ksm.{name}"
-        argv = [command, "localhost", "-m", fqcn, "-a", json.dumps(args)]
+        argv = [command, "localhost", "-m", fqcn] + (["-a", json.dumps(args)] if args else [])  # 2.19 rejects -a '{}'
         argv += ["--check"] * check + ["--diff"] * diff
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
         lines = [line for line in proc.stdout.splitlines() if line.startswith('{"host"')]
