@@ -21,32 +21,36 @@ def main(source: str, target: str) -> int:
     with open(source) as f:
         data = json.load(f)
     info, results = data["machine"], data["results"]
-    fig, ax = plt.subplots(figsize=(10, 6), dpi=100)
-    for r in results:
-        xs = [p[0] for p in r["series"]]
-        ys = [p[1] for p in r["series"]]
-        t90 = "not reached" if r.get("t90") is None else f"{r['t90']} s"
-        share = "-" if r.get("share") is None else f"{r['share']} %"
-        ax.plot(xs, ys, label=f"{r['name']}: t90 {t90}, ksmd {share}", linewidth=1.6)
-    if results:
-        saveable = results[0]["saveable_mib"]
-        ax.axhline(saveable, color="grey", linestyle=":", linewidth=1)
-        ax.axhline(saveable * 0.9, color="grey", linestyle="--", linewidth=0.8)
-        ax.text(0, saveable * 0.9, " 90 %", va="bottom", color="grey")
-    target = data.get("target") or {}
-    if target.get("t90_limit"):
-        ax.axvline(target["t90_limit"], color="red", linestyle="--", linewidth=0.8)
-        ax.text(target["t90_limit"], 0, f" target t90 {target['t90_limit']} s", color="red", rotation=90,
-                va="bottom")
+    goal = data.get("target") or {}
+    fast = [r["t90"] for r in results if r.get("t90") is not None and r["t90"] < 30]
+    zoom = max(fast + [goal.get("t90_limit") or 0]) * 1.6 if fast else None
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(14 if zoom else 10, 6), dpi=100, squeeze=False)
     args = data["args"]
-    ax.set_title(f"KSM merge: {args['processes']} x {args['mib'] // args['processes']} MiB identical pages; "
+    fig.suptitle(f"KSM merge: {args['processes']} x {args['mib'] // args['processes']} MiB identical pages; "
                  f"kernel {info['kernel']}, {info['cores']} cores, {info['ram_gib']} GiB")
-    ax.set_xlabel("seconds since the configuration was applied")
-    ax.set_ylabel("saved MiB ((pages_sharing + ksm_zero_pages) x page size)")
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    for index, ax in enumerate(axes[0]):
+        for r in results:
+            xs = [p[0] for p in r["series"]]
+            ys = [p[1] for p in r["series"]]
+            t90 = "not reached" if r.get("t90") is None else f"{r['t90']} s"
+            share = "-" if r.get("share") is None else f"{r['share']} %"
+            ax.plot(xs, ys, label=f"{r['name']}: t90 {t90}, ksmd {share}", linewidth=1.6)
+        if results:
+            saveable = results[0]["saveable_mib"]
+            ax.axhline(saveable, color="grey", linestyle=":", linewidth=1)
+            ax.axhline(saveable * 0.9, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(0, saveable * 0.9, " 90 %", va="top", color="grey")
+        if goal.get("t90_limit"):
+            ax.axvline(goal["t90_limit"], color="red", linestyle="--", linewidth=0.8)
+            ax.text(goal["t90_limit"], 0, f" target t90 {goal['t90_limit']} s", color="red", rotation=90,
+                    va="bottom")
+        ax.set_xlabel("seconds since the configuration was applied")
+        ax.set_ylabel("saved MiB ((pages_sharing + ksm_zero_pages) x page size)")
+        ax.set_xlim(0, zoom if index == 1 else None)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(f"first {zoom:.0f} s" if index == 1 else "whole run")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(target)
     print(f"plot: {target}")
