@@ -17,9 +17,11 @@ Configurations: the kernel defaults; the real Debian ksmtuned script under simul
 mount namespace whose /proc/meminfo reports little free memory; nothing else on the host sees it); the kernel's
 scan-time advisor with its defaults; the role's profiles auto, advisor and static applied by the real role
 (ansible-playbook on localhost, ksm_persist and ksm_manage_packages false); an unthrottled run (the physical
-limit). --extra NAME:knob=value,... adds sysfs configurations; --only picks some.
+limit). --extra NAME:knob=value,... adds sysfs configurations; --only picks some. --guests N runs the same
+configurations over N identical VM lab guests (tests/vmlab) instead of the process workload; their saveable
+memory is not known in advance, so the marks are taken against the most any configuration saved.
 
-    bench/merge [--mib 1024] [--processes 4] [--timeout 300] [--budget 25] [--only NAME,...]
+    bench/merge [--mib 1024] [--processes 4] [--timeout 240] [--budget 25] [--only NAME,...] [--guests 3]
 
 Writes build/bench/merge/results.{md,json} and results.png (via bench/merge_plot.py in its own venv).
 Everything that writes KSM runs under tests/support/ksm_state.py's guard (lock, save, restore, also on Ctrl-C).
@@ -27,6 +29,7 @@ Not a test: it prints figures and never fails on them.
 """
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -328,12 +331,68 @@ def run_role(work: str, role_vars: t.Dict[str, t.Any]) -> str:
 # One configuration
 
 
-def measure(cfg: Config, args: argparse.Namespace, ksm: _sysfs.Sysfs, pid: int, work: str) -> t.Dict[str, t.Any]:
-    per_process = args.mib // args.processes
+class Guests:
+    """--guests N: N identical VM lab guests (tests/vmlab/vmlab clone, one booted snapshot) as the workload, started
+    once for all configurations in a private state directory and stopped by the lab (by pid) at the end."""
+
+    def __init__(self, count: int, work: str) -> None:
+        self.names = [f"bench-merge-{i + 1}" for i in range(count)]
+        self.env = dict(os.environ, VMLAB_STATE_DIR=os.path.join(work, "guests"))
+        self.lab = os.path.join(REPO, "tests", "vmlab", "vmlab")
+        self.pids: t.List[int] = []
+
+    def __enter__(self) -> "Guests":
+        done = subprocess.run([self.lab, "clone", "--flavor", "uni"] + self.names, env=self.env, check=False,
+                              stdout=subprocess.PIPE, text=True)
+        if done.returncode:
+            self.stop()
+            raise SystemExit(f"the VM lab could not start the guests (exit {done.returncode}); see tests/vmlab/README.md")
+        self.pids = [g["pid"] for g in json.loads(done.stdout)]
+        return self
+
+    def stop(self) -> None:
+        subprocess.run([self.lab, "stop"] + self.names, env=self.env, check=False)
+
+    def __exit__(self, *exc: t.Any) -> None:
+        self.stop()
+
+
+class ProcessLoad:
+    """The default workload, one fresh tests/support/merge_workload.py set per configuration."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.workload = merge_workload.Workload(processes=args.processes, mib=args.mib // args.processes)
+
+    def __enter__(self) -> "ProcessLoad":
+        self.workload.__enter__()
+        return self
+
+    @property
+    def pids(self) -> t.List[int]:
+        return self.workload.pids
+
+    @property
+    def saveable(self) -> int:
+        return (self.workload.processes - 1) * self.workload.pages
+
+    def __exit__(self, *exc: t.Any) -> None:
+        self.workload.stop()
+
+
+def settled(samples: t.List[t.Dict[str, t.Any]], seconds: float) -> bool:
+    """Guests: saved is above 0 and grew by less than 1 % over the last `seconds`."""
+    if not samples or samples[-1]["saved"] <= 0 or samples[-1]["t"] - samples[0]["t"] < seconds:
+        return False
+    old = next(s for s in reversed(samples) if samples[-1]["t"] - s["t"] >= seconds)
+    return samples[-1]["saved"] - old["saved"] < 0.01 * samples[-1]["saved"]
+
+
+def measure(cfg: Config, args: argparse.Namespace, ksm: _sysfs.Sysfs, pid: int, work: str,
+            guests: t.Optional[Guests]) -> t.Dict[str, t.Any]:
     result: t.Dict[str, t.Any] = {"name": cfg.name, "what": cfg.what, "load_before": loadavg()}
     tuned = None
-    with merge_workload.Workload(processes=args.processes, mib=per_process) as load:
-        saveable = (args.processes - 1) * load.pages
+    with (contextlib.nullcontext(guests) if guests else ProcessLoad(args)) as load:
+        saveable = None if guests else load.saveable
         others = other_mergeable(load.pids)
         if others:
             result["warning"] = "other processes with mergeable memory: " + ", ".join(others)
@@ -360,7 +419,8 @@ def measure(cfg: Config, args: argparse.Namespace, ksm: _sysfs.Sysfs, pid: int, 
             while True:
                 now = time.monotonic()
                 last = sampler.last()
-                if full_at is None and last["saved"] >= saveable * args.full / 100:
+                if full_at is None and (settled(sampler.samples, 10) if guests
+                                        else last["saved"] >= saveable * args.full / 100):
                     full_at = now
                 if full_at is not None and now - full_at >= args.tail:
                     break
@@ -374,7 +434,7 @@ def measure(cfg: Config, args: argparse.Namespace, ksm: _sysfs.Sysfs, pid: int, 
                 with open(tuned.log) as f:
                     result["ksmtuned_log"] = f.read().splitlines()[-12:]
         result["load_after"] = loadavg()
-    result.update(analyse(sampler.samples, t0, t_apply, saveable, args))
+    result.update({"_samples": sampler.samples, "_t0": t0, "_t_apply": t_apply, "_saveable": saveable})
     return result
 
 
@@ -469,8 +529,11 @@ def report(results: t.List[t.Dict[str, t.Any]], info: t.Dict[str, t.Any], args: 
     head = [f"Machine: kernel {info['kernel']}, {info['cores']} cores ({info['cpu']}), {info['ram_gib']} GiB RAM, "
             f"page {info['page_size']} B, THP {info['thp']}; load average at start {info['load']}, at end "
             f"{info.get('load_end', '?')}.",
-            f"Workload: {args.processes} processes x {args.mib // args.processes} MiB of identical pages "
-            f"({args.mib} MiB in all); saveable {saveable} MiB. Timeout {args.timeout} s per configuration; "
+            (f"Workload: {args.guests} identical VM lab guests (1 vCPU, 768 MiB, from one booted snapshot); saveable "
+             f"taken as the most any configuration saved, {saveable} MiB." if args.guests else
+             f"Workload: {args.processes} processes x {args.mib // args.processes} MiB of identical pages "
+             f"({args.mib} MiB in all); saveable {saveable} MiB.")
+            + f" Timeout {args.timeout} s per configuration; "
             f"times from the moment the configuration was applied (KSM on; for ksmtuned, the daemon's start).",
             ""]
     tail = []
@@ -516,6 +579,8 @@ def main() -> int:
                         help="an extra sysfs configuration, e.g. fast:pages_to_scan=1000,sleep_millisecs=20")
     parser.add_argument("--out", default=os.path.join(REPO, "build", "bench", "merge"), help="output folder")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--guests", type=int, default=0, metavar="N",
+                        help="VM variant: N identical VM lab guests instead of the process workload")
     args = parser.parse_args()
     if args.processes < 2 or args.mib % args.processes:
         parser.error("--processes must be >= 2 and divide --mib")
@@ -548,18 +613,23 @@ def main() -> int:
     results: t.List[t.Dict[str, t.Any]] = []
     work = tempfile.mkdtemp(prefix="kvmhost-bench-merge.")
     print(f"kernel {info['kernel']}, {info['cores']} cores, {info['ram_gib']} GiB, load {info['load']}; "
-          f"{args.processes} x {args.mib // args.processes} MiB; {len(configs)} configurations, "
+          + (f"{args.guests} VM lab guests; " if args.guests else f"{args.processes} x {args.mib // args.processes} MiB; ")
+          + f"{len(configs)} configurations, "
           f"timeout {args.timeout:g} s each", flush=True)
     try:
-        with ksm_state.guarded():
+        with ksm_state.guarded(), (Guests(args.guests, work) if args.guests else contextlib.nullcontext()) as guests:
             for cfg in configs:
                 print(f"- {cfg.name}: {cfg.what} ...", flush=True)
                 try:
-                    r = measure(cfg, args, ksm, pid, work)
+                    r = measure(cfg, args, ksm, pid, work, guests)
                 except SystemExit as exc:  # one configuration that cannot run (no ksmtuned .deb, role failure)
                     print(f"  skipped: {exc}", flush=True)
                     continue
                 results.append(r)
+                if not guests:
+                    r.update(analyse(r.pop("_samples"), r.pop("_t0"), r.pop("_t_apply"), r.pop("_saveable"), args))
+                else:
+                    r["t50"] = r["t90"] = r["cpu"] = r["share"] = r["final_pct"] = "?"
                 print(f"  t50 {fmt(r['t50'], ' s')}, t90 {fmt(r['t90'], ' s')}, ksmd {r['cpu']} CPU s, "
                       f"share {fmt(r['share'], ' %')}, saved {r['final_pct']} %", flush=True)
             ksm.write("run", "unmerged")
@@ -570,6 +640,10 @@ def main() -> int:
             if os.path.exists(os.path.join(work, name)):
                 shutil.copy(os.path.join(work, name), os.path.join(args.out, name))
         shutil.rmtree(work, ignore_errors=True)
+    if args.guests:  # the saveable memory of guests is not known in advance: the most any configuration saved
+        most = max((s["saved"] for r in results for s in r["_samples"]), default=0)
+        for r in results:
+            r.update(analyse(r.pop("_samples"), r.pop("_t0"), r.pop("_t_apply"), most, args))
     info["load_end"] = loadavg()
     target = verdicts(results, args.budget)
     text = report(results, info, args, target)

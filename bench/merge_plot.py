@@ -26,8 +26,9 @@ def main(source: str, target: str) -> int:
     zoom = max(fast + [goal.get("t90_limit") or 0]) * 1.6 if fast else None
     fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(14 if zoom else 10, 6), dpi=100, squeeze=False)
     args = data["args"]
-    fig.suptitle(f"KSM merge: {args['processes']} x {args['mib'] // args['processes']} MiB identical pages; "
-                 f"kernel {info['kernel']}, {info['cores']} cores, {info['ram_gib']} GiB")
+    shape = (f"{args['guests']} identical VM lab guests" if args.get("guests")
+             else f"{args['processes']} x {args['mib'] // args['processes']} MiB identical pages")
+    fig.suptitle(f"KSM merge: {shape}; kernel {info['kernel']}, {info['cores']} cores, {info['ram_gib']} GiB")
     for index, ax in enumerate(axes[0]):
         for r in results:
             xs = [p[0] for p in r["series"]]
