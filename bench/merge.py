@@ -215,11 +215,8 @@ class Sampler(threading.Thread):
 def reset(ksm: _sysfs.Sysfs) -> None:
     """Unmerge everything (run=2), wait until nothing is merged, put the scan knobs back to the kernel defaults."""
     ksm.write("run", "unmerged")
-    deadline = time.monotonic() + 300
-    while ksm.read("pages_shared") or ksm.read("pages_sharing"):
-        if time.monotonic() > deadline:
-            raise SystemExit("KSM did not unmerge within 300 s (run=2); is another KSM manager running?")
-        time.sleep(0.2)
+    if not ksm.wait_unmerged(300, interval=0.2):
+        raise SystemExit("KSM did not unmerge within 300 s (run=2); is another KSM manager running?")
     for name, value in KERNEL_DEFAULTS:
         if ksm.has(name) and ksm.read(name) != value:
             ksm.write(name, value)

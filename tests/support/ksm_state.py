@@ -51,10 +51,7 @@ def save(root: str = _sysfs.DEFAULT_ROOT) -> t.Dict[str, t.Any]:
     return _sysfs.Sysfs(root).read_tunables()
 
 
-def wait_unmerged(ksm: _sysfs.Sysfs, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while ksm.read("pages_shared") and time.monotonic() < deadline:
-        time.sleep(0.2)
+UNMERGE_TIMEOUT = 120.0  # seconds to wait for run=2 before a busy knob is written (or reported)
 
 
 def restore(saved: t.Dict[str, t.Any], root: str = _sysfs.DEFAULT_ROOT) -> t.List[str]:
@@ -65,7 +62,7 @@ def restore(saved: t.Dict[str, t.Any], root: str = _sysfs.DEFAULT_ROOT) -> t.Lis
     busy_change = any(k.busy and k.name in saved and saved[k.name] != current.get(k.name) for k in _sysfs.TUNABLES)
     if busy_change and ksm.read("pages_shared"):
         ksm.write("run", "unmerged")
-        wait_unmerged(ksm)
+        ksm.wait_unmerged(UNMERGE_TIMEOUT)
     for knob in _sysfs.TUNABLES:
         name = knob.name
         if name not in saved or name == "run":
@@ -81,7 +78,7 @@ def restore(saved: t.Dict[str, t.Any], root: str = _sysfs.DEFAULT_ROOT) -> t.Lis
             except _sysfs.KsmError as exc:
                 if knob.busy and attempt < 19:
                     ksm.write("run", "unmerged")
-                    wait_unmerged(ksm)
+                    ksm.wait_unmerged(UNMERGE_TIMEOUT)
                     time.sleep(0.2)
                     continue
                 problems.append(str(exc))
