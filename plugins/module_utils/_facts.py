@@ -10,15 +10,17 @@
 
 Read-only: nothing here writes anywhere. Every collector takes its root (KSM sysfs directory, /proc, the NUMA node
 directory, the systemd runtime directory) as a parameter so that unit tests run on fake trees. Runs on Python 3.6+.
-Formulas: ksm-kernel.md section 8 (kernel Documentation/admin-guide/mm/ksm.rst).
+Every /proc read goes through _procfs. Formulas: the kernel's Documentation/admin-guide/mm/ksm.rst, each repeated
+in the ksm_facts module documentation.
 """
 
-import errno
 import os
 import platform
 import sys
 import typing as t
 
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _procfs
+from ansible_collections.kvmhost.ksm.plugins.module_utils._procfs import PROC_ROOT, ProcStat
 from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
     DEFAULT_ROOT,
     KNOBS,
@@ -27,7 +29,6 @@ from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
     kernel_release,
 )
 
-PROC_ROOT = "/proc"
 NODE_ROOT = "/sys/devices/system/node"
 SYSTEMD_ROOT = "/run/systemd/system"  # exists only while systemd is the running service manager
 SERVICE_UNITS = ("ksm.service", "ksmtuned.service", "qemu-kvm.service")
@@ -35,11 +36,6 @@ ALWAYS_REPORTED_UNITS = ("ksm.service", "ksmtuned.service")  # qemu-kvm.service 
 UNIT_PROPERTIES = ("Id", "LoadState", "ActiveState", "UnitFileState")
 UNKNOWN = "unknown"
 
-# Reading /proc/<pid>/... can fail for a process that exits meanwhile (ENOENT, ESRCH) or that belongs to someone
-# else (EACCES, EPERM); such entries are skipped.
-GONE = (errno.ENOENT, errno.ESRCH, errno.EACCES, errno.EPERM, errno.EINVAL)
-
-Number = t.Union[int, float]
 Facts = t.Dict[str, t.Any]
 RunCommand = t.Callable[[t.List[str]], t.Tuple[int, str, str]]
 
@@ -62,56 +58,6 @@ def parse_range_list(text):
         else:
             result.append(int(part))
     return result
-
-
-def parse_ksm_stat(text):
-    # type: (str) -> t.Dict[str, t.Union[int, bool]]
-    """/proc/<pid>/ksm_stat: lines 'ksm_rmap_items 5' and 'ksm_merge_any: yes' -> {name: int or bool}.
-
-    Unknown lines of either form are kept; lines that fit neither are ignored. Kernel threads give ''.
-    """
-    values = {}  # type: t.Dict[str, t.Union[int, bool]]
-    for line in text.splitlines():
-        parts = line.replace(":", " ", 1).split() if ":" in line else line.split()
-        if len(parts) != 2:
-            continue
-        key, word = parts
-        if word in ("yes", "no"):
-            values[key] = word == "yes"
-            continue
-        try:
-            values[key] = int(word)
-        except ValueError:
-            continue
-    return values
-
-
-class ProcStat(t.NamedTuple):
-    """The fields of /proc/<pid>/stat the facts use."""
-
-    pid: int
-    comm: str
-    ppid: int
-    utime: int  # clock ticks (field 14)
-    stime: int  # clock ticks (field 15)
-
-
-def parse_proc_stat(text):
-    # type: (str) -> ProcStat
-    """/proc/<pid>/stat; comm may contain spaces and parentheses, so split after the last ')'."""
-    head, _sep, tail = text.rpartition(")")
-    pid_text, _sep, comm = head.partition("(")
-    fields = tail.split()  # fields[0] is field 3 (state)
-    return ProcStat(int(pid_text), comm, int(fields[1]), int(fields[11]), int(fields[12]))
-
-
-def parse_cmdline(raw):
-    # type: (bytes) -> t.List[str]
-    """/proc/<pid>/cmdline (NUL-separated) -> argv."""
-    text = raw.decode("utf-8", "replace")
-    if text.endswith("\0"):
-        text = text[:-1]
-    return text.split("\0") if text else []
 
 
 def _split_qemu_opts(text):
@@ -201,7 +147,8 @@ def _ratio(numerator, denominator):
 
 def derive(tunables, statistics, page_size, bits=64):
     # type: (t.Dict[str, t.Any], t.Dict[str, t.Any], int, int) -> Facts
-    """The derived figures (ksm-kernel.md section 8); every formula is repeated in the module documentation."""
+    """The derived figures (kernel Documentation/admin-guide/mm/ksm.rst); every formula is repeated in the module
+    documentation."""
     stat = statistics.get
     saved_pages = stat("pages_sharing", 0) + stat("ksm_zero_pages", 0)
     saved_bytes = saved_pages * page_size
@@ -238,36 +185,6 @@ def derive(tunables, statistics, page_size, bits=64):
 # Collectors
 
 
-def _read_bytes(path):
-    # type: (str) -> bytes
-    """The whole file with raw os.open/os.read: several times cheaper than open() for the many small /proc files."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-
-
-def _read(path):
-    # type: (str) -> str
-    return _read_bytes(path).decode("utf-8", "replace")
-
-
-def _read_small(path):
-    # type: (str) -> str
-    """A /proc or sysfs file that the kernel hands out whole in one read of a page (stat, ksm_stat, ...)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 4096).decode("utf-8", "replace")
-    finally:
-        os.close(fd)
-
-
 def writable(root=DEFAULT_ROOT, euid=None):
     # type: (str, t.Optional[int]) -> t.Tuple[bool, str]
     """Whether KSM under root can be changed from here, and why not. Never writes to find out."""
@@ -296,16 +213,16 @@ def numa_facts(node_root=NODE_ROOT, merge_across_nodes=None):
              "merge_across_nodes": merge_across_nodes,
              "recommended_merge_across_nodes": None}  # type: Facts
     try:
-        facts["nodes"] = parse_range_list(_read(os.path.join(node_root, "online")))
+        facts["nodes"] = parse_range_list(_procfs.read_text(os.path.join(node_root, "online")))
     except (IOError, OSError, ValueError):
         pass
     try:
-        facts["memory_nodes"] = parse_range_list(_read(os.path.join(node_root, "has_memory")))
+        facts["memory_nodes"] = parse_range_list(_procfs.read_text(os.path.join(node_root, "has_memory")))
     except (IOError, OSError, ValueError):
         facts["memory_nodes"] = list(facts["nodes"])
     for node in facts["nodes"]:
         try:
-            text = _read(os.path.join(node_root, "node{0}".format(node), "distance"))
+            text = _procfs.read_text(os.path.join(node_root, "node{0}".format(node), "distance"))
             facts["distances"][str(node)] = [int(d) for d in text.split()]
         except (IOError, OSError, ValueError):
             continue
@@ -346,26 +263,11 @@ def service_facts(run_command, systemctl, systemd_root=SYSTEMD_ROOT, units=SERVI
     return {"manager": "systemd", "units": result}
 
 
-def process_source(proc_root=PROC_ROOT):
-    # type: (str) -> t.Optional[str]
-    """The per-process file that tells merged pages on this kernel, judged by /proc/self: 'ksm_stat' when it has a
-    ksm_merging_pages line (6.4+), else 'ksm_merging_pages' (5.19+; 6.1's ksm_stat has ksm_rmap_items only), else None.
-    """
-    try:
-        if "ksm_merging_pages" in parse_ksm_stat(_read(os.path.join(proc_root, "self", "ksm_stat"))):
-            return "ksm_stat"
-    except (IOError, OSError):
-        pass
-    if os.path.exists(os.path.join(proc_root, "self", "ksm_merging_pages")):
-        return "ksm_merging_pages"
-    return None
-
-
-def _rmap_items(base):
-    # type: (str) -> t.Optional[int]
+def _rmap_items(pid, proc_root):
+    # type: (int, str) -> t.Optional[int]
     """ksm_rmap_items from a 6.1-style ksm_stat next to ksm_merging_pages; None when unreadable or absent."""
     try:
-        value = parse_ksm_stat(_read_small(os.path.join(base, "ksm_stat"))).get("ksm_rmap_items")
+        value = _procfs.parse_ksm_stat(_procfs.read_process_file(pid, "ksm_stat", proc_root)).get("ksm_rmap_items")
     except (IOError, OSError):
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -374,7 +276,7 @@ def _rmap_items(base):
 def _process_record(pid, source, text):
     # type: (int, str, str) -> t.Optional[Facts]
     if source == "ksm_stat":
-        stat = parse_ksm_stat(text)
+        stat = _procfs.parse_ksm_stat(text)
         if not stat:
             return None  # kernel thread or zombie: no mm
         record = {"pid": pid, "merging_pages": stat.get("ksm_merging_pages", 0)}  # type: Facts
@@ -396,39 +298,30 @@ def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
     pages. Per pid it reads stat and, when limit > 0, the per-process KSM file. Entries that vanish or cannot be
     read are skipped. Returns {"ksmd": ..., "ksmtuned_pids": [...], "processes": [...]} (processes sorted)."""
     if limit > 0 and source is None:
-        source = process_source(proc_root)
+        source = _procfs.process_source(proc_root)
     # 6.1: merged pages from ksm_merging_pages, rmap items from ksm_stat (read only for processes with merged pages)
-    stat_too = source == "ksm_merging_pages" and os.path.exists(os.path.join(proc_root, "self", "ksm_stat"))
+    stat_too = source == "ksm_merging_pages" and _procfs.has_process_file("self", "ksm_stat", proc_root)
     ksmd = None  # type: t.Optional[ProcStat]
     ksmtuned = []  # type: t.List[int]
     records = []  # type: t.List[Facts]
     comms = {}  # type: t.Dict[int, str]
-    try:
-        entries = os.listdir(proc_root)
-    except OSError:
-        entries = []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        base = os.path.join(proc_root, entry)
-        try:
-            stat = parse_proc_stat(_read_small(os.path.join(base, "stat")))
-        except (IOError, OSError, ValueError, IndexError):
+    for pid in _procfs.pids(proc_root):
+        stat = _procfs.read_proc_stat(pid, proc_root)
+        if stat is None:
             continue  # exited meanwhile, or unreadable
-        if stat.comm == "ksmd" and stat.ppid == 2:
+        if _procfs.is_ksmd(stat):
             ksmd = stat
         elif stat.comm == "ksmtuned":
             ksmtuned.append(pid)
-        if limit <= 0 or source is None or stat.ppid == 2 or pid == 2:
+        if limit <= 0 or source is None or stat.ppid == _procfs.KTHREADD_PID or pid == _procfs.KTHREADD_PID:
             continue  # kernel threads have no memory of their own
         try:
-            record = _process_record(pid, source, _read_small(os.path.join(base, source)))
+            record = _process_record(pid, source, _procfs.read_process_file(pid, source, proc_root))
         except (IOError, OSError, ValueError):
             continue
         if record and (record["merging_pages"] or record.get("zero_pages")):
             if stat_too:
-                rmap = _rmap_items(base)
+                rmap = _rmap_items(pid, proc_root)
                 if rmap is not None:
                     record["rmap_items"] = rmap
             comms[pid] = stat.comm
@@ -440,10 +333,7 @@ def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
         pid = record["pid"]
         record["comm"] = comms[pid]
         record["merged_bytes"] = (record["merging_pages"] + record.get("zero_pages", 0)) * page_size
-        try:
-            argv = parse_cmdline(_read_bytes(os.path.join(proc_root, str(pid), "cmdline")))
-        except (IOError, OSError):
-            argv = []
+        argv = _procfs.read_cmdline(pid, proc_root)
         record["guest"] = qemu_guest_name(argv) if is_qemu(record["comm"], argv) else None
         processes.append(record)
     return {"ksmd": ksmd, "ksmtuned_pids": sorted(ksmtuned), "processes": processes, "source": source}
@@ -453,7 +343,7 @@ def ksmd_facts(stat, clock_ticks):
     # type: (t.Optional[ProcStat], int) -> t.Optional[Facts]
     if stat is None:
         return None
-    return {"pid": stat.pid, "cpu_seconds": round(float(stat.utime + stat.stime) / clock_ticks, 2)}
+    return {"pid": stat.pid, "cpu_seconds": round(_procfs.stat_cpu_seconds(stat, clock_ticks), 2)}
 
 
 def unavailable(sysfs_root, release, page_size, reason):
@@ -493,8 +383,8 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
             page_size: t.Optional[int] = None, clock_ticks: t.Optional[int] = None, euid: t.Optional[int] = None,
             release: t.Optional[str] = None, bits: t.Optional[int] = None) -> Facts:
     """Everything ansible_facts.ksm holds. Never writes; never fails on a host without KSM."""
-    page_size = page_size or os.sysconf("SC_PAGE_SIZE")
-    clock_ticks = clock_ticks or os.sysconf("SC_CLK_TCK")
+    page_size = page_size or _procfs.page_size()
+    clock_ticks = clock_ticks or _procfs.clock_ticks()
     release = release or kernel_release()
     bits = bits or word_bits()
     ksm = Sysfs(sysfs_root)
@@ -530,7 +420,7 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
             "knobs": [n for n in names if n in KNOBS],
             "statistics": [n for n in names if n in STATISTIC_NAMES],
             "other_files": [n for n in names if n not in KNOBS and n not in STATISTIC_NAMES],
-            "process_file": scan["source"] if processes > 0 else process_source(proc_root),
+            "process_file": scan["source"] if processes > 0 else _procfs.process_source(proc_root),
         },
         "numa": numa_facts(node_root, tunables.get("merge_across_nodes")),
         "ksmd": ksmd_facts(scan["ksmd"], clock_ticks),

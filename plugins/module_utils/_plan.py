@@ -8,15 +8,13 @@
 
 """Decisions of the ksm module: what is requested, whether it is valid, what to write in which order, how to undo it.
 
-Everything here works on typed values (dicts of knob name -> value as _sysfs parses them) and is pure, except
-``execute`` and ``rollback``, which drive a ``_sysfs.Sysfs`` through a plan. The order and its reasons are in
-the kernel's mm/ksm.c: advisor numbers, advisor_mode, pages_to_scan, the free knobs, the EBUSY knobs, run.
-Runs on Python 3.6+.
+Pure: everything here works on typed values (dicts of knob name -> value as _sysfs parses them), with no I/O and
+no sleeps; _apply executes the plans against a ``_sysfs.Sysfs``. The order and its reasons are in the kernel's
+mm/ksm.c: advisor numbers, advisor_mode, pages_to_scan, the free knobs, the EBUSY knobs, run. Runs on Python 3.6+.
 """
 
 import errno
 import os
-import time
 import typing as t
 
 from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
@@ -34,10 +32,6 @@ OPTION_OF = {"run": "state"}  # module option of a knob; every other knob is its
 ADVISOR_NUMBERS = ("advisor_min_pages_to_scan", "advisor_max_pages_to_scan", "advisor_target_scan_time",
                    "advisor_max_cpu")
 KSMTUNED_KNOBS = ("run", "pages_to_scan", "sleep_millisecs")  # ksmtuned rewrites these every minute
-EBUSY_ATTEMPTS = 5
-EBUSY_DELAY = 0.2
-PERSIST_HEADER = ("# KSM settings written by kvmhost.ksm.ksm, applied at boot by systemd-tmpfiles "
-                  "(see tmpfiles.d(5)).")
 
 
 class Plan(t.NamedTuple):
@@ -78,6 +72,29 @@ def by_option(values, names):
 def final_mode(request, current):
     # type: (Values, Values) -> str
     return str(request.get("advisor_mode", current.get("advisor_mode", "none")))
+
+
+def advisor_owns_pages_to_scan(mode):
+    # type: (t.Optional[Value]) -> bool
+    """Whether advisor_mode `mode` sets pages_to_scan itself: the kernel then refuses every write to it (EINVAL).
+
+    The one place of this rule: validation, rollback, restoring a snapshot and the persist file all ask here.
+    """
+    return mode is not None and mode != "none"
+
+
+def restorable(values):
+    # type: (Values) -> Values
+    """The part of a tunables snapshot that can be written back: all of it but pages_to_scan under the advisor."""
+    if advisor_owns_pages_to_scan(values.get("advisor_mode")):
+        return dict((n, v) for n, v in values.items() if n != "pages_to_scan")
+    return dict(values)
+
+
+def unmerge_bytes(statistics, page):
+    # type: (Values, int) -> int
+    """Memory that unmerging every KSM page needs: (pages_sharing + ksm_zero_pages) x page size."""
+    return (int(statistics.get("pages_sharing", 0)) + max(int(statistics.get("ksm_zero_pages", 0)), 0)) * page
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -124,7 +141,7 @@ def problems(request, current, root, release):
             found.append(_missing(root, knob.name, release))
         elif not _in_range(knob.name, request[knob.name]):
             found.append(_out_of_range(root, knob.name, request[knob.name]))
-    if "pages_to_scan" in request and final_mode(request, current) == "scan-time":
+    if "pages_to_scan" in request and advisor_owns_pages_to_scan(final_mode(request, current)):
         found.append("Cannot manage pages_to_scan while advisor_mode is scan-time: the kernel refuses every write to "
                      "{0} then and the advisor sets it; leave pages_to_scan unset or set advisor_mode: none; "
                      "nothing was written.".format(os.path.join(root, "pages_to_scan")))
@@ -241,69 +258,11 @@ def rollback_writes(touched, before):
     names = set(touched)
     if "advisor_mode" in names:
         names.add("pages_to_scan")  # a mode switch moved it
-    if before.get("advisor_mode", "none") != "none":
-        names.discard("pages_to_scan")  # not writable under the advisor
-    return [(k.name, before[k.name]) for k in TUNABLES if k.name in names and k.name in before]
+    writable = restorable(before)
+    return [(k.name, writable[k.name]) for k in TUNABLES if k.name in names and k.name in writable]
 
 
-# ---------------------------------------------------------------------------------------------- execution
-
-def _write_busy(ksm, name, value, plan, timeout):
-    # type: (t.Any, str, Value, Plan, float) -> bool
-    """Write an EBUSY knob, retrying a transient EBUSY; returns whether it had to unmerge."""
-    unmerged = False
-    for attempt in range(EBUSY_ATTEMPTS):
-        try:
-            ksm.write(name, value)
-            return unmerged
-        except KsmError as exc:
-            if exc.errno != errno.EBUSY or attempt == EBUSY_ATTEMPTS - 1:
-                raise
-        if plan.allow_unmerge and ksm.read("pages_shared"):
-            _unmerge(ksm, timeout)
-            unmerged = True
-        time.sleep(EBUSY_DELAY)
-    return unmerged
-
-
-def _unmerge(ksm, timeout):
-    # type: (t.Any, float) -> None
-    ksm.write("run", "unmerged")
-    if not ksm.wait_unmerged(timeout):
-        raise KsmError("Cannot unmerge KSM pages in {0}: pages_shared was still {1} after unmerge_timeout={2} s; "
-                       "raise unmerge_timeout or retry when the host is less busy.".format(
-                           ksm.root, ksm.read("pages_shared"), timeout), errno.ETIMEDOUT)
-
-
-def execute(ksm, plan, request, before, timeout):
-    # type: (t.Any, Plan, Values, Values, float) -> t.Tuple[Values, bool]
-    """Write the plan, read back and verify; on any failure roll back and raise. Returns (after, unmerged)."""
-    touched = []  # type: t.List[str]
-    unmerged = False
-    try:
-        if plan.first is not None:
-            touched.append("run")
-            if plan.unmerge:
-                _unmerge(ksm, timeout)
-                unmerged = True
-            else:
-                ksm.write("run", plan.first)
-        for name, value in plan.writes:
-            touched.append(name)
-            if KNOBS[name].busy:
-                touched.append("run")  # a retry may unmerge
-                unmerged = _write_busy(ksm, name, value, plan, timeout) or unmerged
-            else:
-                ksm.write(name, value)
-        if ksm.read("run") != plan.final_run:
-            touched.append("run")
-            ksm.write("run", plan.final_run)
-        after = ksm.read_tunables()
-        verify(request, after, ksm.root)
-    except KsmError as exc:
-        raise KsmError(_with_rollback(str(exc), rollback(ksm, touched, before)), exc.errno)
-    return after, unmerged
-
+# ---------------------------------------------------------------------------------------------- checking
 
 def verify(request, after, root):
     # type: (Values, Values, str) -> None
@@ -312,73 +271,6 @@ def verify(request, after, root):
     if wrong:
         raise KsmError("KSM in {0} did not keep the written values ({1}); something else on the host (ksmtuned?) "
                        "changes them.".format(root, "; ".join(wrong)))
-
-
-def rollback(ksm, touched, before):
-    # type: (t.Any, t.List[str], Values) -> t.Tuple[t.List[str], t.List[str]]
-    """Put touched knobs back; returns (restored names, failures as 'name (reason)')."""
-    restored, failed = [], []  # type: t.List[str], t.List[str]
-    for name, value in rollback_writes(touched, before):
-        try:
-            if ksm.read(name) != value:
-                ksm.write(name, value)
-                restored.append("{0}={1}".format(option(name), format_value(name, value)))
-        except (KsmError, IOError, OSError) as exc:
-            failed.append("{0} ({1})".format(option(name), os.strerror(getattr(exc, "errno", 0) or 0)))
-    return restored, failed
-
-
-def _with_rollback(message, outcome):
-    # type: (str, t.Tuple[t.List[str], t.List[str]]) -> str
-    restored, failed = outcome
-    message = message.rstrip(".")
-    if restored:
-        message += "; rolled back " + ", ".join(restored)
-    if failed:
-        message += "; could NOT roll back " + ", ".join(failed)
-    if not restored and not failed:
-        message += "; nothing had been changed"
-    return message + "."
-
-
-# ---------------------------------------------------------------------------------------------- persistence
-
-def _entry(line, root):
-    # type: (str, str) -> t.Optional[t.Tuple[str, str]]
-    """(knob, argument) of a tmpfiles 'w' line for a KSM knob under root, else None."""
-    fields = line.split(None, 6)
-    if len(fields) < 2 or not fields[0].startswith("w") or os.path.dirname(fields[1]) != root.rstrip("/"):
-        return None
-    name = os.path.basename(fields[1])
-    if name not in KNOBS:
-        return None
-    return name, fields[6].strip() if len(fields) == 7 else ""
-
-
-def persist_text(old, request, root):
-    # type: (str, Values, str) -> str
-    """The tmpfiles.d text that writes the requested values at boot, merged with the entries already in old."""
-    entries = {}  # type: t.Dict[str, str]
-    kept = []  # type: t.List[str]
-    at = None  # type: t.Optional[int]
-    for line in old.splitlines():
-        entry = _entry(line, root)
-        if entry is None:
-            kept.append(line)
-            continue
-        at = len(kept) if at is None else at
-        entries[entry[0]] = entry[1]
-    if not request and not old:
-        return old  # nothing to keep: do not create an empty drop-in
-    entries.update((n, format_value(n, v)) for n, v in request.items())
-    if entries.get("advisor_mode") == "scan-time":
-        entries.pop("pages_to_scan", None)  # refused under the advisor, at boot too
-    block = ["w {0} - - - - {1}".format(os.path.join(root, k.name), entries[k.name])
-             for k in TUNABLES if k.name in entries]  # safe order, run last
-    if not kept and at is None:
-        kept = [PERSIST_HEADER]
-    at = len(kept) if at is None else at
-    return "\n".join(kept[:at] + block + kept[at:]) + "\n"
 
 
 def diff(before, after, root, persist=None):

@@ -6,9 +6,10 @@
 # Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
 # Do not use this from other collections or standalone plugins/modules!
 
-"""The KSM sysfs interface: which files exist, how to parse and format them, and how to read and write them.
+"""The KSM sysfs directory: which files exist, how to parse and format them, and how to read and write them.
 
-Mechanics only: no decisions about what to write (see _plan) and no AnsibleModule. Runs on Python 3.6+.
+Mechanics only: no decisions about what to write (see _plan), nothing from /proc (see _procfs) and no AnsibleModule.
+Stdlib only (tests and benchmarks import this file by path too). Runs on Python 3.6+.
 Facts come from the kernel's mm/ksm.c and Documentation/admin-guide/mm/ksm.rst.
 """
 
@@ -156,51 +157,6 @@ def explain(path, text, err, release=None):
         return ("{0}: the write was interrupted by a signal and KSM was left stopped with some pages still "
                 "merged; run the task again.".format(head))
     return "{0}: {1}; check the host's kernel log.".format(head, os.strerror(err or 0))
-
-
-def page_size():
-    # type: () -> int
-    """The page size of this host in bytes (never assume 4096: arm64 and ppc64 may use 64 KiB)."""
-    return os.sysconf("SC_PAGE_SIZE")
-
-
-def mem_available(proc_root="/proc"):
-    # type: (str) -> t.Optional[int]
-    """MemAvailable of <proc_root>/meminfo in bytes, or None when the kernel does not report it."""
-    try:
-        with open(os.path.join(proc_root, "meminfo")) as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (IOError, OSError):
-        pass
-    return None
-
-
-def processes_named(comm, proc_root="/proc"):
-    # type: (str, str) -> t.List[int]
-    """Process ids whose <proc_root>/<pid>/comm is comm (processes may vanish while we look)."""
-    pids = []  # type: t.List[int]
-    try:
-        entries = os.listdir(proc_root)
-    except OSError:
-        return pids
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(os.path.join(proc_root, entry, "comm")) as f:
-                if f.read().strip() == comm:
-                    pids.append(int(entry))
-        except (IOError, OSError):
-            continue
-    return sorted(pids)
-
-
-def unmerge_bytes(statistics, page):
-    # type: (t.Dict[str, Value], int) -> int
-    """Memory that unmerging every KSM page needs: (pages_sharing + ksm_zero_pages) x page size."""
-    return (int(statistics.get("pages_sharing", 0)) + max(int(statistics.get("ksm_zero_pages", 0)), 0)) * page
 
 
 class Sysfs(object):

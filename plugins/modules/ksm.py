@@ -203,109 +203,43 @@ diff:
 """
 
 import os
-import tempfile
 import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kvmhost.ksm.plugins.module_utils import _plan
-from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
-    DEFAULT_ROOT,
-    KsmError,
-    Sysfs,
-    kernel_release,
-    mem_available,
-    page_size,
-    processes_named,
-    unmerge_bytes,
-)
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _apply, _plan, _procfs, _tmpfiles
+from ansible_collections.kvmhost.ksm.plugins.module_utils._options import argument_spec
+from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import KsmError, Sysfs
 
-
-def argument_spec():
-    # type: () -> dict
-    ints = ("pages_to_scan", "sleep_millisecs", "stable_node_chains_prune_millisecs", "max_page_sharing",
-            "advisor_max_cpu", "advisor_min_pages_to_scan", "advisor_max_pages_to_scan", "advisor_target_scan_time")
-    spec = dict((name, dict(type="int")) for name in ints)
-    spec.update((name, dict(type="bool")) for name in ("merge_across_nodes", "use_zero_pages", "smart_scan"))
-    spec.update(
-        state=dict(type="str", choices=["running", "stopped", "unmerged"]),
-        advisor_mode=dict(type="str", choices=["none", "scan-time"]),
-        allow_unmerge=dict(type="bool", default=False),
-        unmerge_timeout=dict(type="int", default=120),
-        persist=dict(type="bool", default=False),
-        persist_file=dict(type="path", default="/etc/tmpfiles.d/kvmhost-ksm.conf"),
-        sysfs_path=dict(type="path", default=DEFAULT_ROOT),
-    )
-    return spec
-
-
-def read_file(path):
-    # type: (str) -> str
-    try:
-        with open(path) as f:
-            return f.read()
-    except (IOError, OSError) as exc:
-        if not os.path.exists(path):
-            return ""
-        raise KsmError("Cannot read persist_file {0}: {1}; fix its permissions.".format(path, exc.strerror))
-
-
-def stage_file(path, text):
-    # type: (str, str) -> str
-    """Write text to a temporary file next to path (before any KSM write, so a bad path fails early)."""
-    try:
-        directory = os.path.dirname(path) or "."
-        if not os.path.isdir(directory):
-            os.makedirs(directory, 0o755)
-        fd, tmp = tempfile.mkstemp(prefix=".kvmhost-ksm.", dir=directory)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        return tmp
-    except (IOError, OSError) as exc:
-        raise KsmError("Cannot write persist_file {0}: {1}; choose a writable path; nothing was written."
-                       .format(path, exc.strerror))
-
-
-def persist_change(params, request, root):
-    # type: (dict, dict, str) -> t.Optional[t.Tuple[str, str, str]]
-    """(path, old text, new text) of persist_file, or None when it is not managed."""
-    if not params["persist"]:
-        return None
-    old = read_file(params["persist_file"])
-    return params["persist_file"], old, _plan.persist_text(old, request, root)
+Values = _plan.Values
 
 
 def write(module, ksm, plan, request, current, persist):
-    # type: (AnsibleModule, Sysfs, _plan.Plan, dict, dict, t.Optional[t.Tuple[str, str, str]]) -> t.Tuple[dict, bool]
+    # type: (AnsibleModule, Sysfs, _plan.Plan, Values, Values, t.Optional[_tmpfiles.Change]) -> t.Tuple[Values, bool]
     """Stage the persist file, write KSM (rolled back on failure), then move the file in place."""
-    tmp = stage_file(persist[0], persist[2]) if persist else None
+    tmp = _tmpfiles.stage_file(persist[0], persist[2]) if persist else None
     after, unmerged = current, False
     try:
         if plan.changes(current):
-            after, unmerged = _plan.execute(ksm, plan, request, current, module.params["unmerge_timeout"])
+            after, unmerged = _apply.execute(ksm, plan, request, current, module.params["unmerge_timeout"])
     except KsmError:
         if tmp:
             os.unlink(tmp)
         raise
-    if tmp:
+    if tmp and persist:
         module.atomic_move(tmp, persist[0])
     return after, unmerged
 
 
-def apply(module, ksm, proc_root="/proc"):
-    # type: (AnsibleModule, Sysfs, str) -> dict
+def apply(module, ksm, proc_root=_procfs.PROC_ROOT):
+    # type: (AnsibleModule, Sysfs, str) -> t.Dict[str, t.Any]
     """Read, validate, plan, write (unless check mode), persist; the result dict."""
     params = module.params
-    current = ksm.read_tunables()
     request = _plan.requested(params)
-    _plan.validate(request, current, ksm.root, kernel_release())
-    stats = ksm.read_statistics()
-    plan = _plan.make_plan(request, current, int(stats.get("pages_shared", 0)), unmerge_bytes(stats, page_size()),
-                           mem_available(proc_root), params["allow_unmerge"], ksm.root)
-    for warning in _plan.warnings(request, current, processes_named("ksmtuned", proc_root)):
+    current, plan = _apply.prepare(ksm, request, params["allow_unmerge"], proc_root)
+    for warning in _plan.warnings(request, current, _procfs.processes_named("ksmtuned", proc_root)):
         module.warn(warning)
-    persist = persist_change(params, request, ksm.root)
+    persist = _tmpfiles.change(params["persist_file"], request, ksm.root) if params["persist"] else None
     file_changed = persist is not None and persist[1] != persist[2]
     after, unmerged = dict(current, **request), plan.unmerge
     if not module.check_mode:

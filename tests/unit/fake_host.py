@@ -4,10 +4,16 @@
 """Fake /proc and NUMA node trees for the ksm_facts unit tests (kernels and processes this machine cannot show).
 
 ``make_proc(root, processes, ksm_file)`` and ``make_nodes(root, distances, memory)`` build the trees under root and
-return its path; ``ksm_stat_text(...)`` is a /proc/<pid>/ksm_stat in the kernel's two line formats.
+return its path; ``ksm_stat_text(...)`` is a /proc/<pid>/ksm_stat in the kernel's two line formats, and
+``OBSERVED_6_18`` the one of an idle process as read on the 6.18 test machine.
 """
 
 import os
+
+OBSERVED_6_18 = (  # /proc/self/ksm_stat of an idle process on the 6.18 test machine
+    "ksm_rmap_items 0\nksm_zero_pages 0\nksm_merging_pages 0\nksm_process_profit 0\n"
+    "ksm_merge_any: no\nksm_mergeable: no\n"
+)
 
 
 def proc_stat_line(pid, comm, ppid=1, utime=0, stime=0):
@@ -49,6 +55,8 @@ def make_proc(root, processes, ksm_file="ksm_stat"):
         with open(os.path.join(base, "stat"), "w") as f:
             f.write(proc_stat_line(proc["pid"], proc["comm"], proc.get("ppid", 1), proc.get("utime", 0),
                                    proc.get("stime", 0)))
+        with open(os.path.join(base, "comm"), "w") as f:
+            f.write(proc["comm"] + "\n")
         if ksm_file and proc.get("ksm") is not None:
             with open(os.path.join(base, "ksm_merging_pages" if ksm_file == "6.1" else ksm_file), "w") as f:
                 f.write(proc["ksm"])

@@ -10,16 +10,10 @@ import os
 
 import pytest
 
-from ansible_collections.kvmhost.ksm.plugins.module_utils import _facts
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _facts, _procfs
 from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import KNOBS, STATISTIC_NAMES
 
-from ansible_collections.kvmhost.ksm.tests.unit.fake_host import ksm_stat_text, make_nodes, make_proc
-
-
-OBSERVED_6_18 = (  # /proc/self/ksm_stat of an idle process on the 6.18 test machine
-    "ksm_rmap_items 0\nksm_zero_pages 0\nksm_merging_pages 0\nksm_process_profit 0\n"
-    "ksm_merge_any: no\nksm_mergeable: no\n"
-)
+from ansible_collections.kvmhost.ksm.tests.unit.fake_host import OBSERVED_6_18, ksm_stat_text, make_nodes, make_proc
 
 
 def collect(sysfs, proc, nodes, **kwargs):
@@ -56,40 +50,6 @@ def node_tree(tmp_path):
 ])
 def test_parse_range_list(text, nodes):
     assert _facts.parse_range_list(text) == nodes
-
-
-def test_parse_ksm_stat_both_line_formats():
-    assert _facts.parse_ksm_stat(OBSERVED_6_18) == {
-        "ksm_rmap_items": 0, "ksm_zero_pages": 0, "ksm_merging_pages": 0, "ksm_process_profit": 0,
-        "ksm_merge_any": False, "ksm_mergeable": False,
-    }
-    text = "ksm_rmap_items 120\nksm_merging_pages 100\nksm_process_profit -3072\nksm_merge_any: yes\n"
-    assert _facts.parse_ksm_stat(text) == {
-        "ksm_rmap_items": 120, "ksm_merging_pages": 100, "ksm_process_profit": -3072, "ksm_merge_any": True,
-    }
-
-
-def test_parse_ksm_stat_tolerates_unknown_and_odd_lines():
-    text = "ksm_rmap_items 5\nksm_future_counter 7\nksm_future_flag: yes\nnonsense\nksm_bad x\n\n"
-    assert _facts.parse_ksm_stat(text) == {"ksm_rmap_items": 5, "ksm_future_counter": 7, "ksm_future_flag": True}
-    assert _facts.parse_ksm_stat("") == {}  # kernel threads and zombies have no mm
-
-
-def test_parse_proc_stat_takes_fields_after_the_last_parenthesis():
-    line = "4242 (qemu (x) y) S 17 4242 4242 0 -1 4194560 1 0 0 0 150 25 0 0 20 0 5 0 100 0 0\n"
-    stat = _facts.parse_proc_stat(line)
-    assert stat == _facts.ProcStat(4242, "qemu (x) y", 17, 150, 25)
-
-
-def test_parse_proc_stat_of_ksmd_as_observed():
-    line = ("37 (ksmd) S 2 0 0 0 -1 2097216 0 0 0 0 0 14 0 0 25 5 1 0 26 0 0 18446744073709551615 0 0 0 0 0 0 0 "
-            "2147483647 0 1 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0")
-    assert _facts.parse_proc_stat(line) == _facts.ProcStat(37, "ksmd", 2, 0, 14)
-
-
-def test_parse_cmdline():
-    assert _facts.parse_cmdline(b"qemu-system-x86_64\0-name\0guest=a\0") == ["qemu-system-x86_64", "-name", "guest=a"]
-    assert _facts.parse_cmdline(b"") == []
 
 
 @pytest.mark.parametrize("argv, guest", [
@@ -375,20 +335,13 @@ def test_processes_6_1_merged_pages_from_ksm_merging_pages_rmap_items_from_ksm_s
         {"pid": 1002, "comm": "qemu-kvm", "ksm": "200\n"},  # its ksm_stat vanished: no rmap_items
         {"pid": 1003, "comm": "bash", "ksm": "0\n", "ksm_stat": "ksm_rmap_items 0\n"},
     ], ksm_file="6.1")
-    assert _facts.process_source(proc) == "ksm_merging_pages"
+    assert _procfs.process_source(proc) == "ksm_merging_pages"
     scan = _facts.scan_proc(proc, 10, page_size=4096)
     assert scan["processes"] == [
         {"pid": 1001, "comm": "qemu-kvm", "guest": "db", "merging_pages": 300, "rmap_items": 512,
          "merged_bytes": 300 * 4096},
         {"pid": 1002, "comm": "qemu-kvm", "guest": None, "merging_pages": 200, "merged_bytes": 200 * 4096},
     ]
-
-
-@pytest.mark.parametrize("ksm_file, source", [
-    ("ksm_stat", "ksm_stat"), ("6.1", "ksm_merging_pages"), ("ksm_merging_pages", "ksm_merging_pages"), (None, None),
-])
-def test_process_source(tmp_path, ksm_file, source):
-    assert _facts.process_source(make_proc(tmp_path / "proc", [], ksm_file)) == source
 
 
 def test_processes_from_ksm_merging_pages_only(fake_proc):

@@ -1,7 +1,7 @@
 # Copyright (c) kvmhost.ksm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Decision tables of the planner, and its execution on fake kernels with injected write faults."""
+"""Decision tables of the planner: validation, warnings, order, the unmerge plan, rollback and restore sets."""
 
 import errno
 
@@ -192,192 +192,49 @@ def test_rollback_writes(ksm_tree, touched, values, expected):
     assert _plan.rollback_writes(touched, current_of(ksm_tree, **values)) == expected
 
 
-# ------------------------------------------------------------------------------------------------ persistence
+# ------------------------------------------------------------------------------------------------ restoring
 
-def test_persist_text_new_file_in_safe_order_run_last():
-    text = _plan.persist_text("", {"run": "running", "max_page_sharing": 512, "pages_to_scan": 1000,
-                                   "advisor_mode": "none", "use_zero_pages": True}, ROOT)
-    assert text.splitlines() == [
-        _plan.PERSIST_HEADER,
-        "w /sys/kernel/mm/ksm/advisor_mode - - - - none",
-        "w /sys/kernel/mm/ksm/pages_to_scan - - - - 1000",
-        "w /sys/kernel/mm/ksm/use_zero_pages - - - - 1",
-        "w /sys/kernel/mm/ksm/max_page_sharing - - - - 512",
-        "w /sys/kernel/mm/ksm/run - - - - 1",
-    ]
-
-
-def test_persist_text_merges_with_existing_entries():
-    old = ("# my notes\n"
-           "w /sys/kernel/mm/ksm/run - - - - 1\n"
-           "w /sys/kernel/mm/ksm/sleep_millisecs - - - - 50\n"
-           "w /sys/kernel/mm/transparent_hugepage/enabled - - - - never\n"
-           "d /run/foo 0755 root root -\n")
-    text = _plan.persist_text(old, {"sleep_millisecs": 10, "merge_across_nodes": False}, ROOT)
-    assert text.splitlines() == [
-        "# my notes",
-        "w /sys/kernel/mm/ksm/sleep_millisecs - - - - 10",
-        "w /sys/kernel/mm/ksm/merge_across_nodes - - - - 0",
-        "w /sys/kernel/mm/ksm/run - - - - 1",
-        "w /sys/kernel/mm/transparent_hugepage/enabled - - - - never",
-        "d /run/foo 0755 root root -",
-    ]
-    assert _plan.persist_text(text, {"sleep_millisecs": 10}, ROOT) == text  # idempotent
+@pytest.mark.parametrize("values, expected", [
+    ({"advisor_mode": "none", "pages_to_scan": 100, "run": "running"},
+     {"advisor_mode": "none", "pages_to_scan": 100, "run": "running"}),
+    # the advisor sets pages_to_scan and the kernel refuses writes to it
+    ({"advisor_mode": "scan-time", "pages_to_scan": 500, "run": "running"},
+     {"advisor_mode": "scan-time", "run": "running"}),
+    ({"pages_to_scan": 100, "run": "stopped"}, {"pages_to_scan": 100, "run": "stopped"}),  # kernels before 6.8
+])
+def test_restorable(values, expected):
+    assert _plan.restorable(values) == expected
 
 
-def test_persist_text_drops_pages_to_scan_under_the_advisor():
-    old = "w /sys/kernel/mm/ksm/pages_to_scan - - - - 1000\n"
-    assert _plan.persist_text(old, {"advisor_mode": "scan-time"}, ROOT) == \
-        "w /sys/kernel/mm/ksm/advisor_mode - - - - scan-time\n"
+def test_restorable_snapshot_validates_and_is_a_copy(ksm_tree):
+    snapshot = current_of(ksm_tree, advisor_mode="scan-time", pages_to_scan=500)
+    writable = _plan.restorable(snapshot)
+    assert _plan.problems(snapshot, snapshot, ROOT, RELEASE) != []  # the raw snapshot is refused
+    assert _plan.problems(writable, snapshot, ROOT, RELEASE) == []
+    writable["run"] = "running"
+    assert snapshot["run"] == "stopped"
 
 
-def test_persist_text_nothing_requested():
-    assert _plan.persist_text("", {}, ROOT) == ""
-    assert _plan.persist_text("# mine\n", {}, ROOT) == "# mine\n"
+@pytest.mark.parametrize("mode, owned", [("none", False), ("scan-time", True), (None, False)])
+def test_advisor_owns_pages_to_scan(mode, owned):
+    assert _plan.advisor_owns_pages_to_scan(mode) is owned
 
 
-def test_persist_text_other_root_is_left_alone():
-    old = "w /sys/kernel/mm/ksm/run - - - - 0\n"
-    text = _plan.persist_text(old, {"run": "running"}, "/tmp/fake/ksm")
-    assert text.splitlines() == ["w /sys/kernel/mm/ksm/run - - - - 0", "w /tmp/fake/ksm/run - - - - 1"]
+@pytest.mark.parametrize("stats, page, needed", [
+    ({"pages_sharing": 10, "ksm_zero_pages": 5}, 4096, 15 * 4096),
+    ({"pages_sharing": 10}, 65536, 10 * 65536),  # before 6.5 there is no ksm_zero_pages
+    ({"pages_sharing": 0, "ksm_zero_pages": -1}, 4096, 0),  # printed signed; never count below 0
+])
+def test_unmerge_bytes(stats, page, needed):
+    assert _plan.unmerge_bytes(stats, page) == needed
 
+
+
+
+# ------------------------------------------------------------------------------------------------ checking
 
 def test_diff_shape():
     result = _plan.diff({"a": 1}, {"a": 2}, ROOT, ("/etc/x.conf", "", "w\n"))
     assert result == [dict(before={"a": 1}, after={"a": 2}, before_header=ROOT, after_header=ROOT),
                       dict(before="", after="w\n", before_header="/etc/x.conf", after_header="/etc/x.conf")]
     assert len(_plan.diff({}, {}, ROOT)) == 1
-
-
-# ------------------------------------------------------------------------------------------------ execution
-
-def run(ksm, request_, allow=False, shared=None, timeout=5):
-    before = ksm.read_tunables()
-    shared = ksm.read("pages_shared") if shared is None else shared
-    plan = _plan.make_plan(request_, before, shared, 0, None, allow, ksm.root)
-    return _plan.execute(ksm, plan, request_, before, timeout)
-
-
-def test_execute_writes_in_plan_order_and_verifies(ksm_kernel):
-    ksm = ksm_kernel("6.8")
-    request_ = {"run": "running", "advisor_mode": "scan-time", "advisor_min_pages_to_scan": 700,
-                "sleep_millisecs": 5, "max_page_sharing": 300}
-    after, unmerged = run(ksm, request_)
-    assert ksm.written() == ["advisor_min_pages_to_scan", "advisor_mode", "sleep_millisecs", "max_page_sharing",
-                             "run"]
-    assert dict((n, after[n]) for n in request_) == request_
-    assert after["pages_to_scan"] == 700  # the kernel's reset on entering scan-time
-    assert unmerged is False
-
-
-def test_execute_ebusy_change_with_allow_unmerge(ksm_kernel):
-    ksm = ksm_kernel("6.1", run="running", pages_shared=100, pages_sharing=300)
-    after, unmerged = run(ksm, {"merge_across_nodes": False, "max_page_sharing": 1024}, allow=True)
-    assert unmerged is True
-    assert ksm.log == [("run", "2"), ("merge_across_nodes", "0"), ("max_page_sharing", "1024"), ("run", "1")]
-    assert (after["merge_across_nodes"], after["max_page_sharing"], after["run"]) == (False, 1024, "running")
-
-
-def test_execute_retries_transient_ebusy(ksm_kernel, monkeypatch):
-    monkeypatch.setattr(_plan, "EBUSY_DELAY", 0)
-    ksm = ksm_kernel("6.8", faults={"max_page_sharing": [errno.EBUSY, errno.EBUSY]})
-    after, _unmerged = run(ksm, {"max_page_sharing": 100})
-    assert ksm.written() == ["max_page_sharing"] * 3 and after["max_page_sharing"] == 100
-
-
-def test_execute_ebusy_race_unmerges_when_allowed(ksm_kernel, monkeypatch):
-    monkeypatch.setattr(_plan, "EBUSY_DELAY", 0)
-    ksm = ksm_kernel("6.8", run="running", pages_shared=5)
-    after, unmerged = run(ksm, {"max_page_sharing": 100}, allow=True, shared=0)  # merged after we looked
-    assert unmerged is True and after["max_page_sharing"] == 100 and after["run"] == "running"
-    assert ksm.written() == ["run", "max_page_sharing", "run", "max_page_sharing", "run"]
-
-
-def test_execute_ebusy_race_then_failure_restores_run(ksm_kernel, monkeypatch):
-    monkeypatch.setattr(_plan, "EBUSY_DELAY", 0)
-    ksm = ksm_kernel("6.8", run="stopped", pages_shared=5, faults={"max_page_sharing": errno.EIO})
-    with pytest.raises(KsmError) as info:
-        run(ksm, {"merge_across_nodes": False, "max_page_sharing": 100}, allow=True, shared=0)
-    assert ksm.written()[:3] == ["merge_across_nodes", "run", "merge_across_nodes"]  # EBUSY, unmerge, retry
-    assert str(info.value).endswith("; rolled back merge_across_nodes=1, state=0.")
-    assert ksm.read("run") == "stopped"
-
-
-def test_execute_persistent_ebusy_rolls_back(ksm_kernel, monkeypatch):
-    monkeypatch.setattr(_plan, "EBUSY_DELAY", 0)
-    ksm = ksm_kernel("6.8", run="running", faults={"merge_across_nodes": errno.EBUSY})
-    before = ksm.read_tunables()
-    with pytest.raises(KsmError) as info:
-        run(ksm, {"sleep_millisecs": 7, "merge_across_nodes": False})
-    message = str(info.value)
-    assert info.value.errno == errno.EBUSY
-    assert "refuses to change merge_across_nodes" in message
-    assert message.endswith("; rolled back sleep_millisecs=20, state=1.")
-    assert ksm.read_tunables() == before
-
-
-@pytest.mark.parametrize("fault, at, words, restored", [
-    (errno.EINVAL, "use_zero_pages", "rejected the value", "advisor_max_cpu=70, advisor_mode=none, "
-                                                           "sleep_millisecs=20"),
-    (errno.EROFS, "advisor_max_cpu", "read-only, which looks like a container", None),
-    (errno.EACCES, "advisor_max_cpu", "only be changed by root", None),
-    (errno.EINTR, "run", "interrupted by a signal", "advisor_max_cpu=70, advisor_mode=none, "
-                                                    "sleep_millisecs=20, use_zero_pages=0"),
-])
-def test_execute_fault_midway_rolls_back(ksm_kernel, fault, at, words, restored):
-    ksm = ksm_kernel("6.8", faults={at: fault})
-    before = ksm.read_tunables()
-    with pytest.raises(KsmError) as info:
-        run(ksm, {"advisor_max_cpu": 20, "advisor_mode": "scan-time", "sleep_millisecs": 1,
-                  "use_zero_pages": True, "run": "running"})
-    message = str(info.value)
-    assert info.value.errno == fault and words in message
-    if restored:
-        assert message.endswith("; rolled back " + restored + ".")
-    else:
-        assert message.endswith("; nothing had been changed.")
-    assert ksm.read_tunables() == before
-    assert message.count(". ") == 0
-
-
-def test_execute_unmerge_interrupted_leaves_previous_state(ksm_kernel):
-    ksm = ksm_kernel("6.8", run="running", pages_shared=10, faults={"run": errno.EINTR})
-    with pytest.raises(KsmError, match="interrupted by a signal.*nothing had been changed"):
-        run(ksm, {"run": "unmerged"})
-    assert ksm.read("run") == "running"
-
-
-def test_execute_rollback_failure_is_reported(ksm_kernel):
-    ksm = ksm_kernel("6.8", faults={"smart_scan": errno.EINVAL, "sleep_millisecs": [None, errno.EIO]})
-    with pytest.raises(KsmError) as info:
-        run(ksm, {"sleep_millisecs": 1, "smart_scan": False})
-    assert str(info.value).endswith("; could NOT roll back sleep_millisecs (Input/output error).")
-
-
-class StuckKernel(Sysfs):
-    """A kernel whose unmerge never finishes."""
-
-    def write_text(self, name, text):
-        super(StuckKernel, self).write_text(name, text)
-
-
-def test_execute_unmerge_timeout(ksm_tree):
-    ksm = StuckKernel(ksm_tree("6.8", run="running", pages_shared=3))
-    with pytest.raises(KsmError) as info:
-        run(ksm, {"run": "unmerged"}, timeout=0)
-    assert "pages_shared was still 3 after unmerge_timeout=0 s" in str(info.value)
-    assert str(info.value).endswith("; rolled back state=1.")
-    assert ksm.read("run") == "running"
-
-
-def test_execute_verify_mismatch_rolls_back(ksm_tree):
-    class Forgetful(Sysfs):
-        def write_text(self, name, text):
-            if name != "sleep_millisecs":
-                super(Forgetful, self).write_text(name, text)
-
-    ksm = Forgetful(ksm_tree("6.8"))
-    with pytest.raises(KsmError) as info:
-        run(ksm, {"sleep_millisecs": 1, "pages_to_scan": 9})
-    assert "did not keep the written values (sleep_millisecs: wanted 1, read back 20)" in str(info.value)
-    assert ksm.read("pages_to_scan") == 100

@@ -1,7 +1,7 @@
 # Copyright (c) kvmhost.ksm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The sysfs layer on fake trees: parsing, formatting, layouts, errors, and the host helpers the ksm module uses."""
+"""The sysfs layer on fake trees: parsing, formatting, layouts, errors, waiting for unmerging."""
 
 import errno
 import os
@@ -95,41 +95,6 @@ def test_explain(err, name, words):
     for word in words:
         assert word in message
     assert message.endswith(".") and "\n" not in message
-
-
-def test_mem_available(tmp_path):
-    (tmp_path / "meminfo").write_text(u"MemTotal:       1000 kB\nMemAvailable:     512 kB\n")
-    assert _sysfs.mem_available(str(tmp_path)) == 512 * 1024
-    (tmp_path / "meminfo").write_text(u"MemTotal:       1000 kB\n")  # kernels before 3.14
-    assert _sysfs.mem_available(str(tmp_path)) is None
-    assert _sysfs.mem_available(str(tmp_path / "missing")) is None
-
-
-def test_processes_named(tmp_path):
-    for pid, comm in (("1", "systemd"), ("42", "ksmtuned"), ("77", "ksmtuned"), ("self", "ksmtuned")):
-        os.makedirs(str(tmp_path / pid))
-        (tmp_path / pid / "comm").write_text(comm + u"\n")
-    os.makedirs(str(tmp_path / "99"))  # a process that exited while we looked
-    assert _sysfs.processes_named("ksmtuned", str(tmp_path)) == [42, 77]
-    assert _sysfs.processes_named("ksmd", str(tmp_path)) == []
-    assert _sysfs.processes_named("ksmd", str(tmp_path / "missing")) == []
-
-
-def test_processes_named_on_this_host():
-    assert os.getpid() in _sysfs.processes_named(open("/proc/self/comm").read().strip())
-
-
-@pytest.mark.parametrize("stats, page, needed", [
-    ({"pages_sharing": 10, "ksm_zero_pages": 5}, 4096, 15 * 4096),
-    ({"pages_sharing": 10}, 65536, 10 * 65536),  # before 6.5 there is no ksm_zero_pages
-    ({"pages_sharing": 0, "ksm_zero_pages": -1}, 4096, 0),  # printed signed; never count below 0
-])
-def test_unmerge_bytes(stats, page, needed):
-    assert _sysfs.unmerge_bytes(stats, page) == needed
-
-
-def test_page_size():
-    assert _sysfs.page_size() >= 4096
 
 
 def test_wait_unmerged(ksm_tree):

@@ -1,0 +1,236 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvmhost.ksm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use this from other collections or standalone plugins/modules!
+
+"""What the KSM modules read from /proc: page size, MemAvailable, processes, ksmd, per-process KSM files.
+
+Read-only mechanics. Every reader takes its /proc root as a parameter (unit tests pass a fake tree), and a process
+that exits or is unreadable while it is read gives None or an empty value instead of an exception.
+Stdlib only (tests and benchmarks import this file by path too). Runs on Python 3.6+.
+Facts come from the kernel's Documentation/filesystems/proc.rst and Documentation/admin-guide/mm/ksm.rst.
+"""
+
+import os
+import typing as t
+
+PROC_ROOT = "/proc"
+KTHREADD_PID = 2  # the parent of every kernel thread, ksmd included
+
+Pid = t.Union[int, str]  # a process id, or "self"
+
+
+class ProcStat(t.NamedTuple):
+    """The fields of /proc/<pid>/stat the collection uses."""
+
+    pid: int
+    comm: str
+    ppid: int
+    utime: int  # clock ticks (field 14)
+    stime: int  # clock ticks (field 15)
+
+
+def page_size():
+    # type: () -> int
+    """The page size of this host in bytes (never assume 4096: arm64 and ppc64 may use 64 KiB)."""
+    return os.sysconf("SC_PAGE_SIZE")
+
+
+def clock_ticks():
+    # type: () -> int
+    """Clock ticks per second, the unit of utime and stime in /proc/<pid>/stat."""
+    return os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------------------------- file readers
+
+def read_bytes(path):
+    # type: (str) -> bytes
+    """The whole file with raw os.open/os.read: several times cheaper than open() for the many small /proc files."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []  # type: t.List[bytes]
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def read_text(path):
+    # type: (str) -> str
+    """A /proc or sysfs file as text (undecodable bytes replaced)."""
+    return read_bytes(path).decode("utf-8", "replace")
+
+
+def read_small(path):
+    # type: (str) -> str
+    """A /proc or sysfs file that the kernel hands out whole in one read of a page (stat, ksm_stat, ...)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 4096).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
+def process_path(pid, name, proc_root=PROC_ROOT):
+    # type: (Pid, str, str) -> str
+    return os.path.join(proc_root, str(pid), name)
+
+
+def has_process_file(pid, name, proc_root=PROC_ROOT):
+    # type: (Pid, str, str) -> bool
+    return os.path.exists(process_path(pid, name, proc_root))
+
+
+def read_process_file(pid, name, proc_root=PROC_ROOT):
+    # type: (Pid, str, str) -> str
+    """<proc_root>/<pid>/<name> in one read; raises IOError/OSError when the process is gone or unreadable."""
+    return read_small(process_path(pid, name, proc_root))
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+
+def parse_proc_stat(text):
+    # type: (str) -> ProcStat
+    """/proc/<pid>/stat; comm may contain spaces and parentheses, so split after the last ')'."""
+    head, _sep, tail = text.rpartition(")")
+    pid_text, _sep, comm = head.partition("(")
+    fields = tail.split()  # fields[0] is field 3 (state)
+    return ProcStat(int(pid_text), comm, int(fields[1]), int(fields[11]), int(fields[12]))
+
+
+def parse_cmdline(raw):
+    # type: (bytes) -> t.List[str]
+    """/proc/<pid>/cmdline (NUL-separated) -> argv."""
+    text = raw.decode("utf-8", "replace")
+    if text.endswith("\0"):
+        text = text[:-1]
+    return text.split("\0") if text else []
+
+
+def parse_ksm_stat(text):
+    # type: (str) -> t.Dict[str, t.Union[int, bool]]
+    """/proc/<pid>/ksm_stat: lines 'ksm_rmap_items 5' and 'ksm_merge_any: yes' -> {name: int or bool}.
+
+    Unknown lines of either form are kept; lines that fit neither are ignored. Kernel threads give ''.
+    """
+    values = {}  # type: t.Dict[str, t.Union[int, bool]]
+    for line in text.splitlines():
+        parts = line.replace(":", " ", 1).split() if ":" in line else line.split()
+        if len(parts) != 2:
+            continue
+        key, word = parts
+        if word in ("yes", "no"):
+            values[key] = word == "yes"
+            continue
+        try:
+            values[key] = int(word)
+        except ValueError:
+            continue
+    return values
+
+
+# ---------------------------------------------------------------------------------------------- host and processes
+
+def mem_available(proc_root=PROC_ROOT):
+    # type: (str) -> t.Optional[int]
+    """MemAvailable of <proc_root>/meminfo in bytes, or None when the kernel does not report it."""
+    try:
+        with open(os.path.join(proc_root, "meminfo")) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (IOError, OSError):
+        pass
+    return None
+
+
+def pids(proc_root=PROC_ROOT):
+    # type: (str) -> t.List[int]
+    """The process ids listed in proc_root now (unsorted; [] when proc_root cannot be listed)."""
+    try:
+        entries = os.listdir(proc_root)
+    except OSError:
+        return []
+    return [int(entry) for entry in entries if entry.isdigit()]
+
+
+def processes_named(comm, proc_root=PROC_ROOT):
+    # type: (str, str) -> t.List[int]
+    """Process ids whose <proc_root>/<pid>/comm is comm, sorted (processes may vanish while we look)."""
+    found = []  # type: t.List[int]
+    for pid in pids(proc_root):
+        try:
+            if read_process_file(pid, "comm", proc_root).strip() == comm:
+                found.append(pid)
+        except (IOError, OSError):
+            continue
+    return sorted(found)
+
+
+def read_proc_stat(pid, proc_root=PROC_ROOT):
+    # type: (Pid, str) -> t.Optional[ProcStat]
+    """/proc/<pid>/stat parsed, or None when the process is gone or the file is unreadable."""
+    try:
+        return parse_proc_stat(read_process_file(pid, "stat", proc_root))
+    except (IOError, OSError, ValueError, IndexError):
+        return None
+
+
+def read_cmdline(pid, proc_root=PROC_ROOT):
+    # type: (Pid, str) -> t.List[str]
+    """argv of a process; [] for kernel threads and for processes that are gone or unreadable."""
+    try:
+        return parse_cmdline(read_bytes(process_path(pid, "cmdline", proc_root)))
+    except (IOError, OSError):
+        return []
+
+
+def is_ksmd(stat):
+    # type: (ProcStat) -> bool
+    """Whether a process is the KSM kernel thread: comm ksmd and parent kthreadd (a user process may be named ksmd)."""
+    return stat.comm == "ksmd" and stat.ppid == KTHREADD_PID
+
+
+def ksmd_pid(proc_root=PROC_ROOT):
+    # type: (str) -> t.Optional[int]
+    """The pid of the ksmd kernel thread, or None on a kernel without KSM."""
+    for pid in sorted(pids(proc_root)):
+        stat = read_proc_stat(pid, proc_root)
+        if stat is not None and is_ksmd(stat):
+            return pid
+    return None
+
+
+def stat_cpu_seconds(stat, ticks=None):
+    # type: (ProcStat, t.Optional[int]) -> float
+    """CPU time of a process so far, (utime + stime) / clock ticks, in seconds."""
+    return float(stat.utime + stat.stime) / (ticks or clock_ticks())
+
+
+def cpu_seconds(pid, proc_root=PROC_ROOT):
+    # type: (Pid, str) -> t.Optional[float]
+    """CPU time of a process so far in seconds, or None when it is gone."""
+    stat = read_proc_stat(pid, proc_root)
+    return None if stat is None else stat_cpu_seconds(stat)
+
+
+def process_source(proc_root=PROC_ROOT):
+    # type: (str) -> t.Optional[str]
+    """The per-process file that tells merged pages on this kernel, judged by /proc/self: 'ksm_stat' when it has a
+    ksm_merging_pages line (6.4+), else 'ksm_merging_pages' (5.19+; 6.1's ksm_stat has ksm_rmap_items only), else None.
+    """
+    try:
+        if "ksm_merging_pages" in parse_ksm_stat(read_text(process_path("self", "ksm_stat", proc_root))):
+            return "ksm_stat"
+    except (IOError, OSError):
+        pass
+    if has_process_file("self", "ksm_merging_pages", proc_root):
+        return "ksm_merging_pages"
+    return None
