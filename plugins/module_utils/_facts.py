@@ -422,7 +422,7 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
             "other_files": [n for n in names if n not in KNOBS and n not in STATISTIC_NAMES],
             "process_file": scan["source"] if processes > 0 else _procfs.process_source(proc_root),
         },
-        "numa": numa_facts(node_root, tunables.get("merge_across_nodes")),
+        "numa": numa_facts(node_root, t.cast(t.Optional[bool], tunables.get("merge_across_nodes"))),
         "ksmd": ksmd_facts(scan["ksmd"], clock_ticks),
         "services": service_facts(run_command, systemctl, systemd_root),
         "processes": scan["processes"],

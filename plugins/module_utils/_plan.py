@@ -155,7 +155,7 @@ def _advisor_bounds(request, current, root):
     if low not in request and high not in request:
         return []
     final = dict(current, **request)
-    if low not in final or high not in final or final[low] <= final[high]:
+    if low not in final or high not in final or int(final[low]) <= int(final[high]):
         return []
     return ["Cannot set advisor_min_pages_to_scan={0} above advisor_max_pages_to_scan={1} (the {2} value in {3}); "
             "make the minimum at most the maximum; nothing was written."

@@ -244,10 +244,11 @@ def apply(module, ksm, proc_root=_procfs.PROC_ROOT):
     after, unmerged = dict(current, **request), plan.unmerge
     if not module.check_mode:
         after, unmerged = write(module, ksm, plan, request, current, persist if file_changed else None)
-    result = dict(changed=plan.changes(current) or file_changed, unmerged=unmerged,
-                  before=_plan.by_option(current, request), after=_plan.by_option(after, request))
+    before, after = _plan.by_option(current, request), _plan.by_option(after, request)
+    result = dict(changed=plan.changes(current) or file_changed, unmerged=unmerged, before=before,
+                  after=after)  # type: t.Dict[str, t.Any]
     if module._diff:
-        result["diff"] = _plan.diff(result["before"], result["after"], ksm.root, persist)
+        result["diff"] = _plan.diff(before, after, ksm.root, persist)
     return result
 
 

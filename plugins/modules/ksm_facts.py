@@ -504,6 +504,8 @@ ansible_facts:
               sample: 67108864
 """
 
+import typing as t
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvmhost.ksm.plugins.module_utils._facts import collect
@@ -527,6 +529,7 @@ def main():
                              "set processes: 0 or a positive number.".format(processes))
 
     def run_command(cmd):
+        # type: (t.List[str]) -> t.Tuple[int, str, str]
         return module.run_command(cmd, environ_update={"LC_ALL": "C"})
 
     facts = collect(
