@@ -131,5 +131,3 @@ def _with_rollback(message, outcome):
     if not restored and not failed:
         message += "; nothing had been changed"
     return message + "."
-
-

@@ -229,8 +229,6 @@ def test_unmerge_bytes(stats, page, needed):
     assert _plan.unmerge_bytes(stats, page) == needed
 
 
-
-
 # ------------------------------------------------------------------------------------------------ checking
 
 def test_diff_shape():

@@ -88,8 +88,6 @@ def test_page_size():
     assert _procfs.page_size() >= 4096
 
 
-
-
 # --- readers on fake trees ----------------------------------------------------------------------------------------
 
 def test_read_proc_stat(tmp_path):

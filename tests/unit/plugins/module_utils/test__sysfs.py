@@ -4,7 +4,6 @@
 """The sysfs layer on fake trees: parsing, formatting, layouts, errors, waiting for unmerging."""
 
 import errno
-import os
 
 import pytest
 

@@ -15,7 +15,7 @@ ROOT = "/sys/kernel/mm/ksm"
 
 def test_persist_text_new_file_in_safe_order_run_last():
     text = _tmpfiles.persist_text("", {"run": "running", "max_page_sharing": 512, "pages_to_scan": 1000,
-                                   "advisor_mode": "none", "use_zero_pages": True}, ROOT)
+                                       "advisor_mode": "none", "use_zero_pages": True}, ROOT)
     assert text.splitlines() == [
         _tmpfiles.PERSIST_HEADER,
         "w /sys/kernel/mm/ksm/advisor_mode - - - - none",
