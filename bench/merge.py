@@ -312,7 +312,7 @@ def run_role(work: str, role_vars: t.Dict[str, t.Any]) -> str:
         json.dump([{"hosts": "localhost", "connection": "local", "gather_facts": False,
                     "roles": [{"role": "kvmhost.ksm.ksm", "vars": all_vars}],
                     "post_tasks": [{"name": "Record the mode", "ansible.builtin.copy": {
-                        "content": "{{ __ksm_mode }}", "dest": chosen, "mode": "0644"}}]}], f)
+                        "content": "{{ ksm_effective_mode }}", "dest": chosen, "mode": "0644"}}]}], f)
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_PYTHON_INTERPRETER=os.path.join(venv, "python"),
                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1")
     with open(os.path.join(work, "role.log"), "a") as log:
