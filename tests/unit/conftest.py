@@ -9,7 +9,8 @@
 ``ksm_kernel(layout="6.8", numa=True, faults=None, **values)`` builds the same tree and returns a FakeKernel (``fake_kernel``):
 a ``Sysfs`` on it that also behaves like mm/ksm.c where a plain file cannot (run=2 unmerges, the EBUSY knobs refuse
 a change while pages_shared != 0, pages_to_scan is refused under the advisor, a change of advisor_mode resets
-pages_to_scan, advisor_mode reads back bracketed). ``faults`` maps a knob name to an errno, or to a list of errnos
+pages_to_scan, advisor_mode reads back bracketed, and a text outside the knob's values is refused with EINVAL, so a
+test cannot pass on a write the planner should never make). ``faults`` maps a knob name to an errno, or to a list of errnos
 consumed one per write, that its next writes raise as OSError, like the kernel's write(2) would.
 """
 
@@ -86,6 +87,15 @@ def _sysfs():
     return layer
 
 
+def _accepted(knob, text):
+    """Whether the kernel takes text for knob at all: only the texts format_value makes, within the knob's range."""
+    if knob.kind == "enum":
+        return text in _sysfs().ADVISOR_MODES
+    if not text.isdigit() or text != str(int(text)):
+        return False  # no signs, spaces, newlines or leading zeros: the planner writes none of them
+    return knob.minimum <= int(text) <= knob.maximum
+
+
 class KernelBehaviour(object):
     """Mixed into a Sysfs over a fake tree (see fake_kernel): answers writes the way the kernel does."""
 
@@ -116,6 +126,8 @@ class KernelBehaviour(object):
 
     def _kernel_refuses(self, name, text):
         layer = _sysfs()
+        if not _accepted(layer.KNOBS[name], text):
+            return errno.EINVAL
         if name == "pages_to_scan" and self.has("advisor_mode") and self.read("advisor_mode") != "none":
             return errno.EINVAL
         if layer.KNOBS[name].busy and layer.parse(name, text) != self.read(name) and self.read("pages_shared"):

@@ -184,3 +184,15 @@ def test_converge_checks_memory_before_unmerging(ksm_kernel, tmp_path):
     with pytest.raises(KsmError, match="MemAvailable is only 4096 bytes"):
         _apply.converge(ksm, {"run": "unmerged"}, proc_root=str(tmp_path))
     assert ksm.log == []
+
+
+@pytest.mark.parametrize("name, text", [
+    ("run", "3"), ("merge_across_nodes", "2"), ("max_page_sharing", "1"), ("advisor_mode", "fast"),
+    ("sleep_millisecs", "-1"), ("pages_to_scan", "10\n"), ("use_zero_pages", "yes"),
+])
+def test_fake_kernel_refuses_what_the_kernel_refuses(ksm_kernel, name, text):
+    ksm = ksm_kernel("6.8")
+    before = ksm.read_tunables()
+    with pytest.raises(KsmError) as info:
+        ksm.write_text(name, text)
+    assert info.value.errno == errno.EINVAL and ksm.read_tunables() == before

@@ -4,6 +4,7 @@
 """The /proc layer: parsers of the kernel's formats, and the readers on fake trees and on this machine's /proc."""
 
 import os
+import time
 
 import pytest
 
@@ -140,8 +141,16 @@ def test_this_process():
     stat = _procfs.read_proc_stat(me)
     assert stat is not None and stat.pid == me and stat.ppid == os.getppid()
     assert os.path.basename(_procfs.read_cmdline(me)[0]).startswith("python")
-    assert _procfs.cpu_seconds(me) > 0
     assert _procfs.clock_ticks() > 0
+
+
+def test_cpu_seconds_of_this_process_grow_while_it_computes():
+    start = _procfs.cpu_seconds(os.getpid())
+    assert start is not None and start >= 0
+    deadline = time.monotonic() + 10
+    while _procfs.cpu_seconds(os.getpid()) == start and time.monotonic() < deadline:
+        sum(range(10000))
+    assert _procfs.cpu_seconds(os.getpid()) > start
 
 
 def test_mem_available_on_this_host():
