@@ -1,6 +1,6 @@
 # shellcheck shell=bash disable=SC2034
 # (sourced: the scripts that source it use the variables)
-# Shared by scripts/bootstrap, scripts/run and scripts/test (sourced, not executed).
+# Shared by scripts/bootstrap and scripts/run (sourced, not executed).
 # Paths are computed from this file's location; nothing here depends on what an earlier run left in $HOME.
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,8 +9,10 @@ PYBIN="$REPO/.cache/pybin"            # real pythonX.Y symlinks, first on PATH f
 ANSIBLE_TEST_CACHE="$HOME/.ansible/test/cache"
 
 # Virtual environments: name, Python minor version, requirements lock (relative to requirements/).
-# The main venv (.venv) carries the tools; the other two are extra ansible-test controllers.
-VENVS=(".venv:3.11:main.txt" ".venv-2.16:3.12:core-2.16.txt" ".venv-2.21:3.13:core-2.21.txt")
+# The main venv (.venv) carries the tools and nox; .venv-2.16/.venv-2.21 are extra ansible-test controllers;
+# .venv-importer holds galaxy-importer and ansible-builder, which pin their own ansible-core and ansible-lint.
+VENVS=(".venv:3.11:main.txt" ".venv-2.16:3.12:core-2.16.txt" ".venv-2.21:3.13:core-2.21.txt"
+    ".venv-importer:3.11:importer.txt")
 
 # pip versions whose get-pip bootstrap script ansible-test 2.16 .. 2.21 asks for (toolchain guide, section 1);
 # bootstrap also adds whatever the installed ansible-test versions name.
@@ -72,38 +74,6 @@ collections_link() {
     printf '%s\n' "$1"
 }
 
-# Where the ansible-test stages live between runs: outside the work tree, one folder per clone.
-stage_home() {
-    printf '%s\n' "${KVMHOST_STAGE_HOME:-$HOME/.cache/kvmhost-ksm}/$(printf '%s' "$REPO" | sha256sum | cut -c1-12)"
-}
-
-# stage_collection PARENT: a fresh copy of the work tree (tracked + untracked-not-ignored files) at
-# PARENT/ansible_collections/kvmhost/ksm, outside any git work tree (toolchain guide, section 4). Prints the path.
-# A stage that already exists is emptied except for tests/output/.tmp/delegation: the venvs that
-# `ansible-test units --venv` made there are reused when still sound (a cache, rebuilt when missing).
-stage_collection() {
-    local dest="$1/ansible_collections/kvmhost/ksm" keep="" venv
-    if [ -d "$dest/tests/output/.tmp/delegation" ]; then
-        keep="$1/delegation.keep"
-        rm -rf "$keep"
-        mv "$dest/tests/output/.tmp/delegation" "$keep"
-        for venv in "$keep"/*/; do
-            [ -d "$venv" ] || continue
-            "$venv/bin/python" -c '' >/dev/null 2>&1 || rm -rf "$venv"
-        done
-    fi
-    rm -rf "$dest"
-    mkdir -p "$dest"
-    if [ -n "$keep" ]; then
-        mkdir -p "$dest/tests/output/.tmp"
-        mv "$keep" "$dest/tests/output/.tmp/delegation"
-    fi
-    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
-        tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$dest"
-    printf '%s\n' "$dest"
-}
-
-# bootstrap_needed: true when any venv that can be built is missing or out of date.
 venv_stamp() {  # venv_stamp LOCKFILE PYTHON
     { sha256sum "$REPO/requirements/$1" | cut -d' ' -f1; "$2" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1
 }
