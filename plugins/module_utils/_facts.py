@@ -20,7 +20,7 @@ import sys
 import typing as t
 
 from ansible_collections.kvmhost.ksm.plugins.module_utils import _procfs
-from ansible_collections.kvmhost.ksm.plugins.module_utils._procfs import PROC_ROOT, ProcStat
+from ansible_collections.kvmhost.ksm.plugins.module_utils._procfs import PROC_ROOT
 from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
     DEFAULT_ROOT,
     KNOBS,
@@ -294,14 +294,13 @@ def _process_record(pid, source, text):
 
 def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
     # type: (str, int, int, t.Optional[str]) -> Facts
-    """One pass over proc_root: ksmd (pid, CPU ticks), ksmtuned processes and the top `limit` processes by merged
-    pages. Per pid it reads stat and, when limit > 0, the per-process KSM file. Entries that vanish or cannot be
-    read are skipped. Returns {"ksmd": ..., "ksmtuned_pids": [...], "processes": [...]} (processes sorted)."""
+    """One pass over proc_root: ksmtuned processes and the top `limit` processes by merged pages. Per pid it reads
+    stat and, when limit > 0, the per-process KSM file. Entries that vanish or cannot be read are skipped.
+    Returns {"ksmtuned_pids": [...], "processes": [...], "source": ...} (processes sorted)."""
     if limit > 0 and source is None:
         source = _procfs.process_source(proc_root)
     # 6.1: merged pages from ksm_merging_pages, rmap items from ksm_stat (read only for processes with merged pages)
     stat_too = source == "ksm_merging_pages" and _procfs.has_process_file("self", "ksm_stat", proc_root)
-    ksmd = None  # type: t.Optional[ProcStat]
     ksmtuned = []  # type: t.List[int]
     records = []  # type: t.List[Facts]
     comms = {}  # type: t.Dict[int, str]
@@ -309,9 +308,7 @@ def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
         stat = _procfs.read_proc_stat(pid, proc_root)
         if stat is None:
             continue  # exited meanwhile, or unreadable
-        if _procfs.is_ksmd(stat):
-            ksmd = stat
-        elif stat.comm == "ksmtuned":
+        if stat.comm == "ksmtuned":
             ksmtuned.append(pid)
         if limit <= 0 or source is None or stat.ppid == _procfs.KTHREADD_PID or pid == _procfs.KTHREADD_PID:
             continue  # kernel threads have no memory of their own
@@ -336,14 +333,17 @@ def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
         argv = _procfs.read_cmdline(pid, proc_root)
         record["guest"] = qemu_guest_name(argv) if is_qemu(record["comm"], argv) else None
         processes.append(record)
-    return {"ksmd": ksmd, "ksmtuned_pids": sorted(ksmtuned), "processes": processes, "source": source}
+    return {"ksmtuned_pids": sorted(ksmtuned), "processes": processes, "source": source}
 
 
-def ksmd_facts(stat, clock_ticks):
-    # type: (t.Optional[ProcStat], int) -> t.Optional[Facts]
-    if stat is None:
+def ksmd_facts(proc_root=PROC_ROOT, clock_ticks=None):
+    # type: (str, t.Optional[int]) -> t.Optional[Facts]
+    """The ksmd kernel thread's pid and CPU time so far; None without one (it exited meanwhile, or no KSM)."""
+    pid = _procfs.ksmd_pid(proc_root)
+    seconds = None if pid is None else _procfs.cpu_seconds(pid, proc_root, clock_ticks)
+    if seconds is None:
         return None
-    return {"pid": stat.pid, "cpu_seconds": round(_procfs.stat_cpu_seconds(stat, clock_ticks), 2)}
+    return {"pid": pid, "cpu_seconds": round(seconds, 2)}
 
 
 def unavailable(sysfs_root, release, page_size, reason):
@@ -423,7 +423,7 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
             "process_file": scan["source"] if processes > 0 else _procfs.process_source(proc_root),
         },
         "numa": numa_facts(node_root, t.cast(t.Optional[bool], tunables.get("merge_across_nodes"))),
-        "ksmd": ksmd_facts(scan["ksmd"], clock_ticks),
+        "ksmd": ksmd_facts(proc_root, clock_ticks),
         "services": service_facts(run_command, systemctl, systemd_root),
         "processes": scan["processes"],
     }  # type: Facts

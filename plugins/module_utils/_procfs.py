@@ -214,11 +214,11 @@ def stat_cpu_seconds(stat, ticks=None):
     return float(stat.utime + stat.stime) / (ticks or clock_ticks())
 
 
-def cpu_seconds(pid, proc_root=PROC_ROOT):
-    # type: (Pid, str) -> t.Optional[float]
-    """CPU time of a process so far in seconds, or None when it is gone."""
+def cpu_seconds(pid, proc_root=PROC_ROOT, ticks=None):
+    # type: (Pid, str, t.Optional[int]) -> t.Optional[float]
+    """CPU time of a process so far in seconds, or None when it is gone (ticks: clock ticks per second)."""
     stat = read_proc_stat(pid, proc_root)
-    return None if stat is None else stat_cpu_seconds(stat)
+    return None if stat is None else stat_cpu_seconds(stat, ticks)
 
 
 def process_source(proc_root=PROC_ROOT):

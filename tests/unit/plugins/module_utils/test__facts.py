@@ -288,11 +288,11 @@ KTHREADS = [
 ]
 
 
-def test_ksmd_pid_and_cpu_seconds(fake_proc):
-    scan = _facts.scan_proc(fake_proc(KTHREADS + [{"pid": 900, "comm": "ksmd", "ppid": 1, "ksm": ""}]), 10)
-    assert scan["ksmd"].pid == 37  # a user process called ksmd is not the kernel thread
-    assert _facts.ksmd_facts(scan["ksmd"], 100) == {"pid": 37, "cpu_seconds": 3.0}
-    assert _facts.ksmd_facts(None, 100) is None
+def test_ksmd_pid_and_cpu_seconds(fake_proc, tmp_path):
+    proc = fake_proc(KTHREADS + [{"pid": 900, "comm": "ksmd", "ppid": 1, "ksm": ""}])
+    assert _procfs.ksmd_pid(proc) == 37  # a user process called ksmd is not the kernel thread
+    assert _facts.ksmd_facts(proc, 100) == {"pid": 37, "cpu_seconds": 3.0}
+    assert _facts.ksmd_facts(str(tmp_path / "no-proc"), 100) is None
 
 
 def test_ksmtuned_process(fake_proc):
@@ -359,8 +359,8 @@ def test_processes_on_a_kernel_with_neither_file(fake_proc, ksm_tree, node_tree)
     proc = fake_proc(KTHREADS + [{"pid": 1001, "comm": "qemu-kvm"}], ksm_file=None)
     scan = _facts.scan_proc(proc, 10)
     assert scan["source"] is None and scan["processes"] == []
-    assert scan["ksmd"].pid == 37
     facts = collect(ksm_tree("4.18"), proc, node_tree([[10]]))
+    assert facts["ksmd"]["pid"] == 37
     assert facts["features"]["process_file"] is None and facts["processes"] == []
 
 
@@ -385,7 +385,7 @@ def test_processes_zero_skips_the_per_process_files(fake_proc):
     proc = fake_proc(KTHREADS + [qemu(1001, 50, "a"), {"pid": 812, "comm": "ksmtuned", "ksm": OBSERVED_6_18}])
     scan = _facts.scan_proc(proc, 0)
     assert scan["processes"] == [] and scan["source"] is None
-    assert scan["ksmd"].pid == 37 and scan["ksmtuned_pids"] == [812]
+    assert _procfs.ksmd_pid(proc) == 37 and scan["ksmtuned_pids"] == [812]
 
 
 def test_collect_processes_option(ksm_tree, fake_proc, node_tree):
