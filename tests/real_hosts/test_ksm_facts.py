@@ -1,12 +1,12 @@
 # Copyright (c) kvmhost.ksm contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""kvmhost.ksm.ksm_facts against the REAL kernel KSM of this machine, with a real merging workload.
+"""kvmhost.ksm.ksm_facts against real hosts: this machine's kernel KSM with a real merging workload, and VM lab guests.
 
-Fixtures from conftest.py: ``real_ksm`` (skip with the reason when KSM cannot be driven; machine-wide lock; KSM saved
-first and restored after, also on failure), ``workload`` (4 processes x 16 MiB of identical mergeable pages, KSM
-running fast) and ``run_module`` (the module through ``ansible localhost -m``). The module also runs in check mode
-and as a FACTS_MODULES module of gather_facts.
+Fixtures from conftest.py: ``host`` (one run per inventory host; on localhost skip with the reason when KSM cannot be
+driven, machine-wide lock, KSM saved first and restored after, also on failure; guests only for tests marked
+``every_kernel``) and ``workload`` (localhost: 4 processes x 16 MiB of identical mergeable pages, KSM running fast).
+The module also runs in check mode and as a FACTS_MODULES module of gather_facts.
 KSM statistics move while ksmd runs, and other processes on the machine may unmerge pages at any time, so every
 comparison is made within one sample: sysfs is read before and after the module run, and only a run whose before
 and after readings agree is compared (retried a few times otherwise).
@@ -17,17 +17,21 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import typing as t
 
+import jmespath
 import pytest
 
-from conftest import _sysfs, ksm_values
+from conftest import local_only
+from real_host import FACTS, RealHost
+from support import collection, tools
+from support.collection import REPO
+
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _procfs, _sysfs  # importable once real_host is
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 NODE_ROOT = "/sys/devices/system/node"
-FACTS = "kvmhost.ksm.ksm_facts"
 
 
 def facts_of(result: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
@@ -67,26 +71,12 @@ def merged_then_stopped(sysfs, w, timeout: float = 90.0) -> None:
     sysfs.write("run", "stopped")
 
 
-def ksmd_pid() -> t.Optional[int]:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            fields = text.rpartition(")")[2].split()
-            if text[text.index("(") + 1:text.rindex(")")] == "ksmd" and fields[1] == "2":
-                return int(entry)
-    return None
-
-
 # --- tests ----------------------------------------------------------------------------------------------------------
 
-def test_facts_equal_sysfs_with_a_merging_workload(real_ksm, workload, run_module):
-    w = workload
-    merged_then_stopped(real_ksm, w)
-    sample, result = in_one_sample(real_ksm, lambda: run_module(FACTS, processes=100))
+def test_facts_equal_sysfs_with_a_merging_workload(host, workload):
+    w, sysfs = workload, host.sysfs
+    merged_then_stopped(sysfs, w)
+    sample, result = in_one_sample(sysfs, lambda: host.run(FACTS, processes=100))
     facts = facts_of(result)
 
     assert facts["available"] is True and facts["reason"] == ""
@@ -121,7 +111,7 @@ def test_facts_equal_sysfs_with_a_merging_workload(real_ksm, workload, run_modul
     pages = [p["merging_pages"] for p in facts["processes"]]
     assert pages == sorted(pages, reverse=True)
     # ksmd and NUMA as the kernel shows them
-    assert facts["ksmd"]["pid"] == ksmd_pid()
+    assert facts["ksmd"]["pid"] == _procfs.ksmd_pid()
     assert facts["ksmd"]["cpu_seconds"] >= 0
     with open(os.path.join(NODE_ROOT, "has_memory")) as f:
         memory_nodes = f.read().strip()
@@ -138,27 +128,46 @@ def _parse_ranges(text: str) -> t.List[int]:
     return nodes
 
 
-def test_top_n_limits_the_process_list(real_ksm, workload, run_module):
-    merged_then_stopped(real_ksm, workload)
-    facts = facts_of(run_module(FACTS, processes=1))
+def test_top_n_limits_the_process_list(host, workload):
+    sysfs = host.sysfs
+    merged_then_stopped(sysfs, workload)
+    facts = facts_of(host.run(FACTS, processes=1))
     assert len(facts["processes"]) == 1
     assert facts["processes"][0]["merging_pages"] >= workload.pages
-    facts = facts_of(run_module(FACTS, processes=0))
+    facts = facts_of(host.run(FACTS, processes=0))
     assert facts["processes"] == []
     assert facts["features"]["process_file"] in ("ksm_stat", "ksm_merging_pages")
 
 
-def test_changes_nothing_in_normal_and_check_mode(real_ksm, run_module):
-    real_ksm.write("run", "running")  # a state a facts run must not disturb
-    before = ksm_values(real_ksm)
-    normal = facts_of(run_module(FACTS, processes=10))
-    check = facts_of(run_module(FACTS, check=True, processes=10))
-    assert ksm_values(real_ksm) == before
+def test_changes_nothing_in_normal_and_check_mode(host):
+    assert not host.run("ksm", state="running")["failed"]  # a state a facts run must not disturb
+    before = host.values()
+    normal = facts_of(host.run(FACTS, processes=10))
+    check = facts_of(host.run(FACTS, check=True, processes=10))
+    assert host.values() == before
     assert normal["tunables"] == check["tunables"]
     assert normal["state"] == check["state"] == "running"
 
 
-def test_gather_facts_with_facts_modules(real_ksm, collections_path, tmp_path):
+@pytest.mark.every_kernel
+def test_features_list_the_kernel_files(host):
+    """The facts name every file of the host's KSM directory, and what a kernel lacks is absent, not guessed."""
+    facts = host.facts
+    listed = host.run("ansible.builtin.find", paths=_sysfs.DEFAULT_ROOT, file_type="file")
+    assert not listed["failed"], listed.get("msg")
+    files = sorted(os.path.basename(p) for p in jmespath.search("files[].path", listed))
+    assert sorted(jmespath.search("features.[knobs, statistics, other_files][]", facts)) == files
+    assert facts["kernel_release"] == host.facts["kernel_release"] != ""
+    assert sorted(facts["tunables"]) == sorted(set(jmespath.search("features.knobs", facts)) - {"run"})
+    assert sorted(facts["statistics"]) == sorted(jmespath.search("features.statistics", facts))
+    assert facts["profit_source"] == ("general_profit" if "general_profit" in files else "estimate")
+    if host.local:
+        assert facts["kernel_release"] == os.uname().release
+
+
+def test_gather_facts_with_facts_modules(host, tmp_path):
+    """FACTS_MODULES is a play setting: this runs ansible-playbook, which pytest-ansible's ad hoc runs cannot."""
+    local_only(host, "the play targets this machine")
     playbook = tmp_path / "play.yml"
     playbook.write_text(
         "- hosts: localhost\n"
@@ -176,11 +185,10 @@ def test_gather_facts_with_facts_modules(real_ksm, collections_path, tmp_path):
         "            + ansible_facts.ksm.statistics.ksm_zero_pages | default(0)) * ansible_facts.ksm.page_size\n"
         "          - ansible_facts.distribution is not defined\n"  # only ksm_facts ran, not setup
     )
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path, ANSIBLE_FACTS_MODULES=FACTS,
-               ANSIBLE_PYTHON_INTERPRETER=os.environ.get("ANSIBLE_PYTHON_INTERPRETER", sys.executable))
-    playbook_command = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-    if not os.path.exists(playbook_command):
-        playbook_command = "ansible-playbook"
+    env = dict(collection.ansible_env(), ANSIBLE_FACTS_MODULES=FACTS)
+    playbook_command = tools.find_tool("ansible-playbook")
+    if not playbook_command:
+        pytest.skip("ansible-playbook is not installed beside this Python or on PATH")
     proc = subprocess.run([playbook_command, "-i", "localhost,", "-c", "local", str(playbook)],
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -189,7 +197,7 @@ def test_gather_facts_with_facts_modules(real_ksm, collections_path, tmp_path):
 
 # --- services from a real systemd: a booted systemd-nspawn container (tests/hosts) ------------------------------------
 
-HOSTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hosts")
+HOSTS = os.path.join(REPO, "tests", "hosts")
 PROBE = "ksm-facts-probe"
 
 
@@ -197,14 +205,15 @@ def cached_rootfs() -> t.Optional[str]:
     """The Debian 12 test rootfs tests/hosts/rootfs would print, if it is already built (never build it here)."""
     with open(os.path.join(HOSTS, "build-rootfs"), "rb") as f:
         key = hashlib.sha256(f.read() + b"\n").hexdigest()[:16]
-    cache = os.environ.get("KSM_HOSTS_CACHE", os.path.join(os.path.dirname(HOSTS), "..", ".cache", "hosts"))
+    cache = os.environ.get("KSM_HOSTS_CACHE", os.path.join(REPO, ".cache", "hosts"))
     path = os.path.join(cache, f"rootfs-{key}")
     return path if os.path.isdir(path) else None
 
 
-def test_services_from_systemd_in_a_container(real_ksm, collections_path, tmp_path):
+def test_services_from_systemd_in_a_container(host, ansible_adhoc, tmp_path):
     """ksm.service, ksmtuned.service and the ksmtuned process as systemd shows them, before and after installing
-    ksmtuned (from the image's offline apt repository). The container drives the host's KSM (under real_ksm)."""
+    ksmtuned (from the image's offline apt repository). The container drives the host's KSM (under the guard)."""
+    local_only(host, "the container runs on this machine and shares its KSM")
     missing = [c for c in ("systemd-nspawn", "socat", "nsenter", "unshare", "ssh") if not shutil.which(c)]
     if missing:
         pytest.skip(f"container test hosts need {', '.join(missing)} (tests/hosts/setup-host installs them)")
@@ -212,7 +221,7 @@ def test_services_from_systemd_in_a_container(real_ksm, collections_path, tmp_pa
     if not rootfs:
         pytest.skip("no cached test rootfs; build it with tests/hosts/rootfs (the molecule step does)")
     nspawn = [os.path.join(HOSTS, "nspawn-hosts")]
-    state = os.environ.get("KSM_HOSTS_STATE", os.path.join(os.path.dirname(HOSTS), "..", ".cache", "hosts", "run"))
+    state = os.environ.get("KSM_HOSTS_STATE", os.path.join(REPO, ".cache", "hosts", "run"))
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(json.dumps({"all": {"hosts": {PROBE: {
         "ansible_user": "root",
@@ -221,25 +230,16 @@ def test_services_from_systemd_in_a_container(real_ksm, collections_path, tmp_pa
         "ansible_ssh_common_args": f'-o ProxyCommand="{" ".join(nspawn)} proxy {PROBE}" -o StrictHostKeyChecking=no '
                                    "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
     }}}}))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path, ANSIBLE_HOST_KEY_CHECKING="false",
-               ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="kvmhost_result",
-               ANSIBLE_CALLBACK_PLUGINS=os.path.join(os.path.dirname(os.path.abspath(__file__)), "callback_plugins"))
-    ansible = os.path.join(os.path.dirname(sys.executable), "ansible")
-    if not os.path.exists(ansible):
-        ansible = "ansible"
+    probe = RealHost(PROBE, lambda **kw: ansible_adhoc(inventory=str(inventory), **kw), False, {})
 
-    def on_probe(module: str, args: str) -> t.Dict[str, t.Any]:
-        proc = subprocess.run([ansible, "-i", str(inventory), PROBE, "-m", module, "-a", args], env=env,
-                              capture_output=True, text=True, timeout=600, check=False)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith('{"host"')]
-        assert len(lines) == 1, f"{module} on {PROBE}: {proc.stdout}{proc.stderr}"
-        event = json.loads(lines[0])
-        assert event["status"] == "ok", event["result"]
-        return event["result"]
+    def on_probe(module: str, **args: t.Any) -> t.Dict[str, t.Any]:
+        result = probe.run(module, **args)
+        assert not result["failed"], f"{module} on {PROBE}: {result.get('msg')}"
+        return result
 
     subprocess.run(nspawn + ["up", PROBE], check=True, timeout=300)
     try:
-        facts = on_probe(FACTS, "processes=0")["ansible_facts"]["ksm"]
+        facts = on_probe(FACTS, processes=0)["ansible_facts"]["ksm"]
         assert facts["available"] is True and facts["writable"] is True  # /sys/kernel/mm/ksm bound in writable
         services = facts["services"]
         assert services["manager"] == "systemd"
@@ -247,8 +247,8 @@ def test_services_from_systemd_in_a_container(real_ksm, collections_path, tmp_pa
         assert "qemu-kvm.service" not in services["units"]
         assert services["ksmtuned_running"] is False
 
-        on_probe("ansible.builtin.apt", "name=ksmtuned state=present")
-        facts = on_probe(FACTS, "processes=0")["ansible_facts"]["ksm"]
+        on_probe("ansible.builtin.apt", name="ksmtuned", state="present")
+        facts = on_probe(FACTS, processes=0)["ansible_facts"]["ksm"]
         services = facts["services"]
         expected = {"load_state": "loaded", "active_state": "active", "unit_file_state": "enabled"}
         assert services["units"] == {"ksm.service": expected, "ksmtuned.service": expected}  # Debian enables both
