@@ -121,7 +121,7 @@ def stage_collection(parent: Path) -> Path:
     if (dest / delegation).is_dir():
         (dest / delegation).rename(keep)
         for venv in keep.iterdir():
-            if subprocess.run([str(venv / "bin" / "python"), "-c", ""], capture_output=True).returncode:
+            if subprocess.run([str(venv / "bin" / "python"), "-c", ""], capture_output=True, check=False).returncode:
                 shutil.rmtree(venv, ignore_errors=True)
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
@@ -155,7 +155,7 @@ def guarded(session: nox.Session, script: str) -> None:
         session.skip(f"{script} does not exist")
     if not os.access(path, os.X_OK):
         session.error(f"{script} is not executable")
-    rc, _ = stream(session, [*GUARD, str(path)], ansible_env(MAIN))
+    rc = stream(session, [*GUARD, str(path)], ansible_env(MAIN))[0]
     if rc == 77:
         session.skip(f"{script} exited 77 (skipped; see its output above)")
     if rc:
@@ -236,7 +236,7 @@ def build(session: nox.Session) -> None:
     targets += [("role", p.name) for p in sorted((REPO / "roles").iterdir()) if p.is_dir()]
     for kind, name in targets:
         proc = subprocess.run(["ansible-doc", "-t", kind, f"kvmhost.ksm.{name}"], env=env, capture_output=True,
-                              text=True)
+                              text=True, check=False)
         text = proc.stdout.strip()
         if proc.returncode or not text:
             failed.append(f"{kind} {name}")
@@ -262,7 +262,7 @@ CHECK_CHANGELOG = True
 @step("importer", "galaxy-importer on the built tarball (its ansible-test off); any WARNING or ERROR fails")
 def importer(session: nox.Session) -> None:
     need(session, IMPORTER, "python", "scripts/bootstrap builds it from requirements/importer.txt")
-    tarball, _ = built(session)
+    tarball = built(session)[0]
     with tempfile.TemporaryDirectory(prefix="kvmhost-importer.") as tmp:
         config = Path(tmp) / "galaxy-importer.cfg"
         config.write_text(IMPORTER_CONFIG)
@@ -278,7 +278,7 @@ def importer(session: nox.Session) -> None:
 @step("builder", "ansible-builder introspect over the installed collection: the EE dependencies it reads")
 def builder(session: nox.Session) -> None:
     need(session, IMPORTER, "ansible-builder", "scripts/bootstrap builds it from requirements/importer.txt")
-    _, installed = built(session)
+    installed = built(session)[1]
     rc, out = stream(session, [str(IMPORTER / "bin" / "ansible-builder"), "introspect", "--sanitize",
                                str(installed)], venv_env(IMPORTER))
     if rc:
@@ -309,7 +309,7 @@ def sanity(core: str) -> None:
         venv = CONTROLLERS[core][0]
         need(session, venv, "python", f"this machine has no Python {CONTROLLERS[core][1]} (pyenv or system)")
         version = subprocess.run([str(venv / "bin" / "python"), "-c", "import ansible.release as r; "
-                                  "print(r.__version__)"], capture_output=True, text=True).stdout.strip()
+                                  "print(r.__version__)"], capture_output=True, text=True, check=False).stdout.strip()
         session.log(f"ansible-core {version}")
         ansible_test(session, core, ["sanity"])
 
@@ -341,20 +341,9 @@ def molecule(session: nox.Session) -> None:
     guarded(session, "tests/hosts/run-molecule")
 
 
-@step("pytest", "the module tests on the real hosts (tests/real_hosts/run: localhost) under the KSM guard")
+@step("pytest", "tests/real_hosts/run (the module tests on real hosts; localhost) under the KSM guard")
 def pytest(session: nox.Session) -> None:
-    if (REPO / "tests" / "real_hosts" / "run").exists():
-        guarded(session, "tests/real_hosts/run")
-        return
-    # TEMPORARY (issue 9): until tests/real_hosts/run exists, today's pytest command.
-    rc, _ = stream(session, [*GUARD, str(MAIN / "bin" / "python"), "-m", "pytest", "-p", "no:cacheprovider", "-rs",
-                             "--ansible-unit-inject-only", "--ansible-inventory", "localhost,",
-                             "--ansible-connection", "local", "--ansible-host-pattern", "localhost",
-                             "tests/real_hosts"], ansible_env(MAIN))
-    if rc == 5:
-        session.error("pytest collected no tests in tests/real_hosts")
-    if rc:
-        session.error(f"pytest failed (exit {rc})")
+    guarded(session, "tests/real_hosts/run")
 
 
 PLAYBOOK_TWICE = r"""
@@ -369,13 +358,13 @@ def playbook(session: nox.Session) -> None:
     if os.geteuid() != 0:
         session.skip("./scripts/run needs root")
     failed = []
-    for core, (venv, _) in CONTROLLERS.items():
+    for core, (venv, _python) in CONTROLLERS.items():
         if not (venv / "bin" / "ansible-playbook").exists():
             session.warn(f"controller {core}: no venv on this machine (no Python for it), not run")
             continue
         with tempfile.TemporaryDirectory(prefix="kvmhost-playbook.") as tmp:
             env = dict(os.environ, KVMHOST_CONTROLLER=core)
-            rc, _ = stream(session, [*GUARD, "bash", "-c", PLAYBOOK_TWICE, "playbook", tmp], env)
+            rc = stream(session, [*GUARD, "bash", "-c", PLAYBOOK_TWICE, "playbook", tmp], env)[0]
             recap = (Path(tmp) / "run2.out").read_text() if (Path(tmp) / "run2.out").exists() else ""
         if rc:
             failed.append(f"{core} (exit {rc})")
