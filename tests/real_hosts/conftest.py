@@ -70,7 +70,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def facts_cache() -> t.Dict[str, t.Dict[str, t.Any]]:
+def facts_cache() -> dict[str, dict[str, t.Any]]:
     return {}
 
 
@@ -88,7 +88,7 @@ def _skip(why: str) -> None:
 
 @pytest.fixture
 def host(request: pytest.FixtureRequest, ansible_adhoc: t.Callable[..., t.Any],
-         facts_cache: t.Dict[str, t.Dict[str, t.Any]]) -> t.Iterator[RealHost]:
+         facts_cache: dict[str, dict[str, t.Any]]) -> t.Iterator[RealHost]:
     name: str = request.param
     local = _is_local(request.config, name)
     if not local and request.node.get_closest_marker("every_kernel") is None:

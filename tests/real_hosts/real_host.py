@@ -19,7 +19,6 @@ import typing as t
 
 import jmespath
 from pytest_ansible.module_dispatcher.v213 import ModuleDispatcherV213
-
 from support.collection import import_collection
 
 import_collection()
@@ -28,14 +27,14 @@ from ansible_collections.kvmhost.ksm.plugins.module_utils import _plan, _sysfs  
 
 FACTS = "kvmhost.ksm.ksm_facts"
 KSM = "kvmhost.ksm.ksm"
-Result = t.Dict[str, t.Any]
+Result = dict[str, t.Any]
 
 
-class ModeDispatcher(ModuleDispatcherV213):  # type: ignore[misc]
+class ModeDispatcher(ModuleDispatcherV213):
     """pytest-ansible's dispatcher, with check and diff mode taken from the host manager's options."""
 
-    def _build_play_ds(self, complex_args: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
-        play: t.Dict[str, t.Any] = super()._build_play_ds(complex_args)
+    def _build_play_ds(self, complex_args: dict[str, t.Any]) -> dict[str, t.Any]:
+        play: dict[str, t.Any] = super()._build_play_ds(complex_args)
         play["tasks"] = [{self.options["module_name"]: complex_args,
                           "check_mode": bool(self.options.get("check")),
                           "diff": bool(self.options.get("diff"))}]
@@ -63,7 +62,7 @@ class RealHost:
     """A host of the inventory with its own (local) or remote KSM."""
 
     def __init__(self, name: str, adhoc: t.Callable[..., t.Any], local: bool,
-                 facts_cache: t.Dict[str, t.Dict[str, t.Any]]) -> None:
+                 facts_cache: dict[str, dict[str, t.Any]]) -> None:
         self.name = name
         self.local = local
         self.dirty = False  # a non-check ksm run happened: a remote host needs its KSM put back
@@ -88,14 +87,14 @@ class RealHost:
         raw["failed"] = bool(raw.get("failed", False))
         return raw
 
-    def ksm_facts(self, **args: t.Any) -> t.Dict[str, t.Any]:
+    def ksm_facts(self, **args: t.Any) -> dict[str, t.Any]:
         result = self.run(FACTS, **dict({"processes": 0}, **args))
         assert not result["failed"], f"{FACTS} failed on {self.name}: {result.get('msg')}"
-        facts: t.Dict[str, t.Any] = result["ansible_facts"]["ksm"]
+        facts: dict[str, t.Any] = result["ansible_facts"]["ksm"]
         return facts
 
     @property
-    def facts(self) -> t.Dict[str, t.Any]:
+    def facts(self) -> dict[str, t.Any]:
         """The KSM facts of this host at its first use in the session (features, kernel, saved values)."""
         if self.name not in self._facts_cache:
             self._facts_cache[self.name] = self.ksm_facts()
@@ -125,20 +124,20 @@ class RealHost:
             return self._sysfs.read(name)
         return jmespath.search(f'merge(tunables, statistics, {{run: state}})."{name}"', self.ksm_facts())
 
-    def values(self) -> t.Dict[str, t.Any]:
+    def values(self) -> dict[str, t.Any]:
         """Every tunable, parsed, read now (the shape of Sysfs.read_tunables)."""
         if self._sysfs is not None:
             return self._sysfs.read_tunables()
         return self.tunables_of(self.ksm_facts())
 
     @staticmethod
-    def tunables_of(facts: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
-        values: t.Dict[str, t.Any] = jmespath.search("merge(tunables, {run: state})", facts)
+    def tunables_of(facts: dict[str, t.Any]) -> dict[str, t.Any]:
+        values: dict[str, t.Any] = jmespath.search("merge(tunables, {run: state})", facts)
         return values
 
     # -- restore (remote hosts; localhost is restored by support.ksm_guard)
 
-    def restore_args(self) -> t.Dict[str, t.Any]:
+    def restore_args(self) -> dict[str, t.Any]:
         """kvmhost.ksm.ksm arguments that put back the KSM values of the session's first facts."""
         saved = _plan.restorable(self.tunables_of(self.facts))
         return dict(_plan.by_option(saved, saved), allow_unmerge=True)

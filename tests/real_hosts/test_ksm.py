@@ -13,7 +13,6 @@ import subprocess
 import typing as t
 
 import pytest
-
 from conftest import local_only
 from real_host import RealHost
 

@@ -22,29 +22,27 @@ import typing as t
 
 import jmespath
 import pytest
-
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _procfs, _sysfs  # through conftest's loader
 from conftest import local_only
 from real_host import FACTS, RealHost
 from support import collection, tools
 from support.collection import REPO
 
-from ansible_collections.kvmhost.ksm.plugins.module_utils import _procfs, _sysfs  # importable once real_host is
-
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 NODE_ROOT = "/sys/devices/system/node"
 
 
-def facts_of(result: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+def facts_of(result: dict[str, t.Any]) -> dict[str, t.Any]:
     assert result["failed"] is False, result.get("msg")
     assert result["changed"] is False
     return result["ansible_facts"]["ksm"]
 
 
-def sysfs_sample(sysfs: "_sysfs.Sysfs") -> t.Dict[str, t.Any]:
+def sysfs_sample(sysfs: "_sysfs.Sysfs") -> dict[str, t.Any]:
     return {"tunables": sysfs.read_tunables(), "statistics": sysfs.read_statistics()}
 
 
-def in_one_sample(sysfs, run: t.Callable[[], t.Dict[str, t.Any]], attempts: int = 6):
+def in_one_sample(sysfs, run: t.Callable[[], dict[str, t.Any]], attempts: int = 6):
     """Run the module between two sysfs readings until both readings agree; return (reading, result)."""
     for _attempt in range(attempts):
         before = sysfs_sample(sysfs)
@@ -120,8 +118,8 @@ def test_facts_equal_sysfs_with_a_merging_workload(host, workload):
     assert facts["numa"]["recommended_merge_across_nodes"] == (len(facts["numa"]["memory_nodes"]) <= 1)
 
 
-def _parse_ranges(text: str) -> t.List[int]:
-    nodes: t.List[int] = []
+def _parse_ranges(text: str) -> list[int]:
+    nodes: list[int] = []
     for part in filter(None, text.split(",")):
         low, _sep, high = part.partition("-")
         nodes.extend(range(int(low), int(high or low) + 1))
@@ -201,7 +199,7 @@ HOSTS = os.path.join(REPO, "tests", "hosts")
 PROBE = "ksm-facts-probe"
 
 
-def cached_rootfs() -> t.Optional[str]:
+def cached_rootfs() -> str | None:
     """The Debian 12 test rootfs tests/hosts/rootfs would print, if it is already built (never build it here)."""
     with open(os.path.join(HOSTS, "build-rootfs"), "rb") as f:
         key = hashlib.sha256(f.read() + b"\n").hexdigest()[:16]
@@ -232,7 +230,7 @@ def test_services_from_systemd_in_a_container(host, ansible_adhoc, tmp_path):
     }}}}))
     probe = RealHost(PROBE, lambda **kw: ansible_adhoc(inventory=str(inventory), **kw), False, {})
 
-    def on_probe(module: str, **args: t.Any) -> t.Dict[str, t.Any]:
+    def on_probe(module: str, **args: t.Any) -> dict[str, t.Any]:
         result = probe.run(module, **args)
         assert not result["failed"], f"{module} on {PROBE}: {result.get('msg')}"
         return result

@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The ksm_facts collectors on fake trees: kernel layouts 4.18, 6.1, 6.8+, non-NUMA, no KSM, fake /proc and nodes.
 
-The real kernel is covered by tests/pytest_ansible/test_ksm_facts.py; these cover what this machine cannot show.
+The real kernel is covered by tests/real_hosts/test_ksm_facts.py; these cover what this machine cannot show.
 """
 
 import os
