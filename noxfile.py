@@ -214,12 +214,12 @@ def ruff(session: nox.Session) -> None:
     run(session, "ruff", "check", "--output-format", "concise", env=venv_env(MAIN))
 
 
-@step("mypy", "mypy: plugins/ as ansible_collections.kvmhost.ksm (Python 3.10 rules), tests/support, bench")
+@step("mypy", "mypy: plugins/ as ansible_collections.kvmhost.ksm (Python 3.10 rules); tests/support, bench, noxfile")
 def mypy(session: nox.Session) -> None:
     env = venv_env(MAIN)
     env["MYPYPATH"] = os.pathsep.join([collection.collections_dir(), str(REPO / "tests")])
     run(session, "mypy", "--python-version", "3.10", "-p", "ansible_collections.kvmhost.ksm.plugins", env=env)
-    run(session, "mypy", "tests/support", "bench", env=env)
+    run(session, "mypy", "tests/support", "bench", "noxfile.py", env=env)
 
 
 @step("build", "ansible-galaxy collection build (to build/dist) and install, ansible-doc of every module and role")
