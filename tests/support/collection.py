@@ -9,6 +9,8 @@ From Python: ``ansible_env(venv)`` for subprocess environments, ``import_collect
 (ignored by git): ``ansible_collections/kvmhost/ksm`` -> the work tree.
 """
 
+from __future__ import annotations  # the system python3 of older hosts runs these too
+
 import argparse
 import os
 import shlex
@@ -45,7 +47,7 @@ def import_collection() -> None:
         sys.path.insert(0, top)
 
 
-def ansible_env(venv: t.Optional[str] = None, base: t.Optional[t.Mapping[str, str]] = None) -> t.Dict[str, str]:
+def ansible_env(venv: str | None = None, base: t.Mapping[str, str] | None = None) -> dict[str, str]:
     """A copy of base (default os.environ) set up to run Ansible with this work tree as kvmhost.ksm.
 
     A non-empty ANSIBLE_COLLECTIONS_PATH in base is kept (the caller's choice, e.g. an installed build);
@@ -67,7 +69,7 @@ def ansible_env(venv: t.Optional[str] = None, base: t.Optional[t.Mapping[str, st
     return env
 
 
-def shell(venv: t.Optional[str] = None) -> str:
+def shell(venv: str | None = None) -> str:
     """The lines that turn this shell's environment into ansible_env(venv)."""
     env = ansible_env(venv)
     lines = [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())
@@ -76,10 +78,10 @@ def shell(venv: t.Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: t.Optional[t.List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    cmd = sub.add_parser("shell", help="print export lines for bash: eval \"$(python3 tests/support/collection.py shell)\"")
+    cmd = sub.add_parser("shell", help="print export lines for bash to eval")
     cmd.add_argument("--venv", help="the venv whose python and bin/ Ansible uses")
     sub.add_parser("path", help="print the collections directory")
     args = parser.parse_args(argv)

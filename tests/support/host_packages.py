@@ -10,6 +10,8 @@ apt-get update runs at most once per process: first when the host has no package
 install fails (stale lists).
 """
 
+from __future__ import annotations  # the system python3 of older hosts runs these too
+
 import glob
 import os
 import shutil
@@ -29,7 +31,7 @@ class InstallFailed(Exception):
 _updated = False
 
 
-def missing(packages: t.Sequence[str]) -> t.List[str]:
+def missing(packages: t.Sequence[str]) -> list[str]:
     """The packages dpkg does not list as installed, sorted, without duplicates."""
     if not shutil.which("dpkg-query"):
         return sorted(set(packages))
@@ -42,7 +44,7 @@ def missing(packages: t.Sequence[str]) -> t.List[str]:
     return out
 
 
-def _apt(args: t.List[str]) -> bool:
+def _apt(args: list[str]) -> bool:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     return subprocess.run(["apt-get", "-q"] + args, env=env, stdout=sys.stderr, check=False).returncode == 0
 
@@ -76,7 +78,7 @@ def install(packages: t.Sequence[str]) -> None:
                             "sources and try again.")
 
 
-def main(argv: t.Optional[t.List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     packages = sys.argv[1:] if argv is None else argv
     if not packages or packages[0] in ("-h", "--help"):
         print(__doc__.strip())

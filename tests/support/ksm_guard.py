@@ -15,6 +15,8 @@ Restoring goes through the collection's own planner (``_apply.converge``): the s
 EBUSY handling as the ksm module, with the values ``_plan.restorable`` says can be written back.
 """
 
+from __future__ import annotations  # the system python3 of older hosts runs these too
+
 import argparse
 import contextlib
 import fcntl
@@ -35,10 +37,10 @@ from ansible_collections.kvmhost.ksm.plugins.module_utils import _apply, _plan, 
 
 LOCK_FILE = os.environ.get("KSM_TEST_LOCK", "/run/lock/kvmhost-ksm-tests.lock")
 UNMERGE_TIMEOUT = 120.0  # seconds to wait for run=2 before a busy knob is written (or reported)
-Values = t.Dict[str, t.Any]
+Values = dict[str, t.Any]
 
 
-def writable(root: str = _sysfs.DEFAULT_ROOT) -> t.Tuple[bool, str]:
+def writable(root: str = _sysfs.DEFAULT_ROOT) -> tuple[bool, str]:
     """Whether this machine's KSM can be driven by tests, and why not."""
     if not os.path.isfile(os.path.join(root, "run")):
         return False, f"{root} does not exist (kernel without CONFIG_KSM)"
@@ -59,7 +61,7 @@ def save(root: str = _sysfs.DEFAULT_ROOT) -> Values:
     return _sysfs.Sysfs(root).read_tunables()
 
 
-def restore(saved: Values, root: str = _sysfs.DEFAULT_ROOT) -> t.List[str]:
+def restore(saved: Values, root: str = _sysfs.DEFAULT_ROOT) -> list[str]:
     """Put the saved values back through the planner (unmerging when an EBUSY knob must change).
     Returns the problems, one sentence each; empty when KSM holds the saved values again."""
     ksm = _sysfs.Sysfs(root)
@@ -105,7 +107,7 @@ def guarded(root: str = _sysfs.DEFAULT_ROOT) -> t.Iterator[Values]:
                 print(f"ksm_guard: {problem}", file=sys.stderr)
 
 
-def main(argv: t.Optional[t.List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("show", help="print the saved form of KSM now (JSON)")

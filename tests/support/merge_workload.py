@@ -50,10 +50,10 @@ class Workload:
     def __init__(self, processes: int = 4, mib: int = 16) -> None:
         self.processes = processes
         self.mib = mib
-        self.procs: t.List[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen] = []
 
     @property
-    def pids(self) -> t.List[int]:
+    def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
     @property
@@ -68,7 +68,7 @@ class Workload:
                     [sys.executable, os.path.abspath(__file__), "--hold", str(self.mib)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             for p in self.procs:
-                if p.stdout.readline().strip() != "ready":
+                if p.stdout is None or p.stdout.readline().strip() != "ready":
                     raise RuntimeError(f"workload process {p.pid} did not start")
         except BaseException:
             self.stop()

@@ -5,14 +5,15 @@
     python3 tests/support/tools.py NAME [--venv DIR]    # prints the path, or says why not and exits 1
 """
 
+from __future__ import annotations  # the system python3 of older hosts runs these too
+
 import argparse
 import os
 import shutil
 import sys
-import typing as t
 
 
-def find_tool(name: str, venv: t.Optional[str] = None) -> t.Optional[str]:
+def find_tool(name: str, venv: str | None = None) -> str | None:
     """The path of the executable name: in venv/bin when a venv is given (nowhere else), otherwise beside
     this Python (its venv), then on PATH. None when there is none."""
     if venv:
@@ -24,7 +25,7 @@ def find_tool(name: str, venv: t.Optional[str] = None) -> t.Optional[str]:
     return shutil.which(name)
 
 
-def main(argv: t.Optional[t.List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name")
     parser.add_argument("--venv", help="look only in this venv's bin/")

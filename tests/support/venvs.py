@@ -8,12 +8,13 @@ A venv is rebuilt when its lock file or the Python that builds it changes (the s
 computed as scripts/bootstrap computes it). No package version is named anywhere else.
 """
 
+from __future__ import annotations  # the system python3 of older hosts runs these too
+
 import argparse
 import hashlib
 import os
 import subprocess
 import sys
-import typing as t
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAMP = ".kvmhost-stamp"
@@ -58,7 +59,7 @@ def ensure_venv(name: str, python: str = sys.executable) -> str:
     return venv
 
 
-def main(argv: t.Optional[t.List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="requirements/NAME.txt -> .venv-NAME")
     args = parser.parse_args(argv)
