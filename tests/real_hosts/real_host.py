@@ -135,6 +135,15 @@ class RealHost:
         values: dict[str, t.Any] = jmespath.search("merge(tunables, {run: state})", facts)
         return values
 
+    def unmerge(self, timeout: float = 120.0) -> None:
+        """Stop KSM and unmerge every page (run=2), e.g. merged by other processes such as VM guests."""
+        if self._sysfs is None:
+            result = self.run("ksm", state="unmerged", unmerge_timeout=int(timeout))
+            assert not result["failed"], f"could not unmerge the pages of {self.name}: {result.get('msg')}"
+            return
+        self._sysfs.write("run", "unmerged")
+        assert self._sysfs.wait_unmerged(timeout), f"pages of {self.name} still merged after {timeout} s of run=2"
+
     # -- restore (remote hosts; localhost is restored by support.ksm_guard)
 
     def restore_args(self) -> dict[str, t.Any]:

@@ -37,7 +37,8 @@ def names_a_test_path(args: t.Sequence[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--inventory", help="Ansible inventory of the hosts to test (default: localhost only)")
     parser.add_argument("--venv", default=os.path.join(collection.REPO, ".venv"),
                         help="venv with pytest-ansible and ansible-core (default: %(default)s)")

@@ -223,6 +223,7 @@ def test_services_from_systemd_in_a_container(host, ansible_adhoc, tmp_path):
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(json.dumps({"all": {"hosts": {PROBE: {
         "ansible_user": "root",
+        "ansible_host_key_checking": False,
         "ansible_python_interpreter": "/usr/bin/python3",
         "ansible_ssh_private_key_file": os.path.join(state, "id_ed25519"),
         "ansible_ssh_common_args": f'-o ProxyCommand="{" ".join(nspawn)} proxy {PROBE}" -o StrictHostKeyChecking=no '
