@@ -12,7 +12,7 @@ Each container: `systemd-nspawn -b --register=no --keep-unit --private-network` 
 run detached in its own private mount namespace (`unshare --mount`), where an overlayfs joins the read-only
 cached rootfs and a per-container upper directory; nothing is mounted in the host's namespace. The host's
 /sys/kernel/mm/ksm is bound to /mnt/host-ksm and the image's sys-kernel-mm-ksm.mount puts it over the container's
-read-only /sys/kernel/mm/ksm: containers drive the HOST's KSM (run under tests/support/ksm_state.py guard).
+read-only /sys/kernel/mm/ksm: containers drive the HOST's KSM (run under tests/support/ksm_guard.py guard).
 No network: the only way in is ssh through the container's own loopback (nsenter + socat).
 
 State lives in $KSM_HOSTS_STATE (default <repo>/.cache/hosts/run): <name>/{upper,work,merged,pid,log}, id_ed25519.
