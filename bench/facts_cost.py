@@ -22,8 +22,8 @@ other in time, so a load change on a shared machine cancels out):
 Ansible's fixed cost per task (temporary directory, file transfer, several /bin/sh commands) is the same for the
 three modules and shrinks with ANSIBLE_PIPELINING=true; both settings are measured by default.
 
-Uses the ansible next to this Python; ANSIBLE_COLLECTIONS_PATH is taken from the environment or pointed at this
-work tree. It only reads KSM, so it needs no guard.
+Uses the ansible next to this Python and the collection environment of tests/support/collection.py
+(ANSIBLE_COLLECTIONS_PATH from the environment, else this work tree). It only reads KSM, so it needs no guard.
 """
 
 import argparse
@@ -35,9 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import typing as t
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+from support import collection, tools  # noqa: E402  (tests/support)
+
 MODULES = ("ansible.builtin.ping", "kvmhost.ksm.ksm_facts", "ansible.builtin.setup")
 SHORT = {"ansible.builtin.ping": "ping", "kvmhost.ksm.ksm_facts": "ksm_facts", "ansible.builtin.setup": "setup"}
 
@@ -81,29 +84,16 @@ class CallbackModule(CallbackBase):
 '''
 
 
-def environment(work: str) -> t.Dict[str, str]:
-    env = dict(os.environ)
-    if not env.get("ANSIBLE_COLLECTIONS_PATH"):
-        os.makedirs(os.path.join(work, "collections", "ansible_collections", "kvmhost"))
-        os.symlink(REPO, os.path.join(work, "collections", "ansible_collections", "kvmhost", "ksm"))
-        env["ANSIBLE_COLLECTIONS_PATH"] = os.path.join(work, "collections")
-    env.setdefault("ANSIBLE_PYTHON_INTERPRETER", sys.executable)
-    env["ANSIBLE_LOCALHOST_WARNING"] = "false"
-    env["ANSIBLE_INVENTORY_UNPARSED_WARNING"] = "false"
-    return env
-
-
 def tool(name: str) -> str:
-    path = os.path.join(os.path.dirname(sys.executable), name)
-    return path if os.path.exists(path) else name
+    return tools.find_tool(name) or name
 
 
-def rotated(round_no: int) -> t.List[str]:
+def rotated(round_no: int) -> list[str]:
     shift = round_no % len(MODULES)
     return list(MODULES[shift:] + MODULES[:shift])
 
 
-def task_times(env: t.Dict[str, str], work: str, rounds: int, processes: int) -> t.Dict[str, t.List[float]]:
+def task_times(env: dict[str, str], work: str, rounds: int, processes: int) -> dict[str, list[float]]:
     """Per-task wall times of the three modules inside one playbook run (plus one warm-up round)."""
     cb_dir = os.path.join(work, "callback_plugins")
     os.makedirs(cb_dir, exist_ok=True)
@@ -124,7 +114,7 @@ def task_times(env: t.Dict[str, str], work: str, rounds: int, processes: int) ->
     subprocess.run([tool("ansible-playbook"), playbook], env=run_env, check=True, stdout=subprocess.DEVNULL)
     with open(out) as f:
         times = json.load(f)
-    result: t.Dict[str, t.List[float]] = {m: [] for m in MODULES}
+    result: dict[str, list[float]] = {m: [] for m in MODULES}
     for name, seconds in times.items():
         n, module = name.split(" ", 1)
         if n != "0":  # round 0 warms caches up
@@ -137,10 +127,10 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def adhoc_times(env: t.Dict[str, str], rounds: int, processes: int) -> t.Tuple[t.Dict[str, t.List[float]], ...]:
+def adhoc_times(env: dict[str, str], rounds: int, processes: int) -> tuple[dict[str, list[float]], ...]:
     """Wall time and CPU time (user + system of the command and every process it waited for) per ad hoc run."""
-    wall: t.Dict[str, t.List[float]] = {m: [] for m in MODULES}
-    cpu: t.Dict[str, t.List[float]] = {m: [] for m in MODULES}
+    wall: dict[str, list[float]] = {m: [] for m in MODULES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODULES}
     for n in range(rounds + 1):
         for module in rotated(n):
             cmd = [tool("ansible"), "localhost", "-m", module]
@@ -154,8 +144,8 @@ def adhoc_times(env: t.Dict[str, str], rounds: int, processes: int) -> t.Tuple[t
     return wall, cpu
 
 
-def payload_times(env: t.Dict[str, str], work: str, rounds: int,
-                  processes: int) -> t.Tuple[t.Dict[str, t.List[float]], ...]:
+def payload_times(env: dict[str, str], work: str, rounds: int,
+                  processes: int) -> tuple[dict[str, list[float]], ...]:
     """Wall and CPU time of each module's AnsiballZ payload run directly on this host: the managed host's share."""
     remote = os.path.join(work, "remote")
     keep = dict(env, ANSIBLE_KEEP_REMOTE_FILES="1", ANSIBLE_REMOTE_TMP=remote, ANSIBLE_PIPELINING="false")
@@ -171,8 +161,8 @@ def payload_times(env: t.Dict[str, str], work: str, rounds: int,
                  if f.startswith("AnsiballZ_")]
         payloads[module] = files[0]
     python = env["ANSIBLE_PYTHON_INTERPRETER"]
-    wall: t.Dict[str, t.List[float]] = {m: [] for m in MODULES}
-    cpu: t.Dict[str, t.List[float]] = {m: [] for m in MODULES}
+    wall: dict[str, list[float]] = {m: [] for m in MODULES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODULES}
     for n in range(rounds + 1):
         for module in rotated(n):
             start, start_cpu = time.perf_counter(), cpu_seconds()
@@ -184,19 +174,9 @@ def payload_times(env: t.Dict[str, str], work: str, rounds: int,
 
 
 def inproc_time(rounds: int, processes: int) -> float:
-    sys.path.insert(0, os.path.join(REPO, "tests", "support"))
-    import importlib.util
+    collection.import_collection()
+    from ansible_collections.kvmhost.ksm.plugins.module_utils import _facts as facts
 
-    def load(name: str, path: str) -> t.Any:
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-        return mod
-
-    utils = os.path.join(REPO, "plugins", "module_utils")
-    load("ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs", os.path.join(utils, "_sysfs.py"))
-    facts = load("ansible_collections.kvmhost.ksm.plugins.module_utils._facts", os.path.join(utils, "_facts.py"))
     samples = []
     for _round in range(rounds):
         start = time.perf_counter()
@@ -205,7 +185,7 @@ def inproc_time(rounds: int, processes: int) -> float:
     return statistics.median(samples)
 
 
-def report(title: str, times: t.Dict[str, t.List[float]]) -> t.Dict[str, float]:
+def report(title: str, times: dict[str, list[float]]) -> dict[str, float]:
     med = {m: statistics.median(v) for m, v in times.items()}
     print(f"\n{title} (median of {len(times[MODULES[0]])} runs each, interleaved)")
     for module in MODULES:
@@ -216,7 +196,7 @@ def report(title: str, times: t.Dict[str, t.List[float]]) -> t.Dict[str, float]:
     setup = times["ansible.builtin.setup"]
     for other, name, target in ((ping, "ping ", 1.2), (setup, "setup", 0.5)):
         of_medians = statistics.median(facts) / statistics.median(other)
-        paired = statistics.median(f / o for f, o in zip(facts, other))  # same round: load drift cancels out
+        paired = statistics.median(f / o for f, o in zip(facts, other, strict=True))  # same round: load drift cancels
         verdict = "ok" if paired <= target else "MISSED"
         print(f"  ksm_facts / {name} = {paired:.2f} median of per-round ratios, {of_medians:.2f} ratio of medians, "
               f"{min(facts) / min(other):.2f} ratio of minimums   (target <= {target:.2f}) {verdict}")
@@ -234,7 +214,7 @@ def main() -> int:
                         help="ANSIBLE_PIPELINING for the runs (default: both, one after the other)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="facts-cost-") as work:
-        base = environment(work)
+        base = collection.ansible_env()
         print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
               f"Python {sys.version.split()[0]}, ksm_facts processes={args.processes}")
         if args.payload_rounds:

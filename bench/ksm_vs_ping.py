@@ -23,7 +23,6 @@ Not a test: it prints figures and never fails on them.
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,42 +32,31 @@ import typing as t
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "tests", "support"))
+sys.path.insert(0, os.path.join(REPO, "tests"))
 
-import ksm_state  # noqa: E402  (tests/support: the machine-wide KSM guard)
+from support import collection, ksm_guard, tools  # noqa: E402  (tests/support)
 
-_sysfs = ksm_state._sysfs
+collection.import_collection()
+
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _plan, _sysfs  # noqa: E402
 
 
 def tool(name: str) -> str:
-    beside = os.path.join(os.path.dirname(sys.executable), name)
-    found = beside if os.path.exists(beside) else shutil.which(name)
+    found = tools.find_tool(name)
     if not found:
         sys.exit(f"{name} not found beside {sys.executable} or on PATH")
     return found
 
 
-def environment(workdir: str) -> t.Dict[str, str]:
-    env = dict(os.environ, ANSIBLE_PYTHON_INTERPRETER=os.environ.get("ANSIBLE_PYTHON_INTERPRETER", sys.executable),
-               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1")
-    if not env.get("ANSIBLE_COLLECTIONS_PATH"):
-        os.makedirs(os.path.join(workdir, "ansible_collections", "kvmhost"))
-        os.symlink(REPO, os.path.join(workdir, "ansible_collections", "kvmhost", "ksm"))
-        env["ANSIBLE_COLLECTIONS_PATH"] = workdir
-    return env
-
-
-def converged_args(root: str) -> t.Dict[str, t.Any]:
+def converged_args(root: str) -> dict[str, t.Any]:
     """Every knob of this kernel at the value it holds now (state for run)."""
-    values = _sysfs.Sysfs(root).read_tunables()
-    if values.get("advisor_mode", "none") != "none":
-        values.pop("pages_to_scan", None)
+    values = _plan.restorable(_sysfs.Sysfs(root).read_tunables())  # no pages_to_scan under the advisor
     args = dict(("state" if k == "run" else k, v) for k, v in values.items())
     args["sysfs_path"] = root
     return args
 
 
-def timed(argv: t.List[str], env: t.Dict[str, str]) -> t.Tuple[float, str]:
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
     start = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
@@ -77,7 +65,7 @@ def timed(argv: t.List[str], env: t.Dict[str, str]) -> t.Tuple[float, str]:
     return elapsed, proc.stdout
 
 
-def playbook(path: str, module: str, args: t.Dict[str, t.Any], tasks: int) -> str:
+def playbook(path: str, module: str, args: dict[str, t.Any], tasks: int) -> str:
     play = [{"hosts": "localhost", "gather_facts": False,
              "tasks": [{"name": f"{module} {i}", module: args} for i in range(tasks)]}]
     with open(path, "w") as f:
@@ -85,8 +73,8 @@ def playbook(path: str, module: str, args: t.Dict[str, t.Any], tasks: int) -> st
     return path
 
 
-def measure(runs: int, tasks: int, root: str, workdir: str) -> t.Dict[str, t.Tuple[float, float]]:
-    env = environment(workdir)
+def measure(runs: int, tasks: int, root: str, workdir: str) -> dict[str, tuple[float, float]]:
+    env = collection.ansible_env()
     args = converged_args(root)
     adhoc = {
         "ping": [tool("ansible"), "localhost", "-m", "ansible.builtin.ping"],
@@ -112,7 +100,7 @@ def measure(runs: int, tasks: int, root: str, workdir: str) -> t.Dict[str, t.Tup
     return results
 
 
-def report(results: t.Dict[str, t.Tuple[float, float]], runs: int, tasks: int) -> None:
+def report(results: dict[str, tuple[float, float]], runs: int, tasks: int) -> None:
     for shape, (ping, ksm) in results.items():
         unit = f"{tasks} tasks" if shape == "playbook" else "1 run"
         print(f"{shape:9} median of {runs} ({unit}): ping {ping:.3f} s, ksm {ksm:.3f} s, ratio ksm/ping "
@@ -124,11 +112,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="runs of each command per shape (default 7)")
     parser.add_argument("--tasks", type=int, default=10, help="tasks per playbook (default 10)")
     options = parser.parse_args()
-    ok, why = ksm_state.writable()
+    ok, why = ksm_guard.writable()
     with tempfile.TemporaryDirectory(prefix="kvmhost-bench-") as workdir:
         if ok:
             print("using the real KSM of this machine under the test guard")
-            with ksm_state.guarded():
+            with ksm_guard.guarded():
                 results = measure(options.runs, options.tasks, _sysfs.DEFAULT_ROOT, workdir)
         else:
             print(f"real KSM not usable ({why}); using a fake tree")

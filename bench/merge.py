@@ -24,7 +24,7 @@ memory is not known in advance, so the marks are taken against the most any conf
     bench/merge [--mib 1024] [--processes 4] [--timeout 240] [--budget 25] [--only NAME,...] [--guests 3]
 
 Writes build/bench/merge/results.{md,json} and results.png (via bench/merge_plot.py in its own venv).
-Everything that writes KSM runs under tests/support/ksm_state.py's guard (lock, save, restore, also on Ctrl-C).
+Everything that writes KSM runs under tests/support/ksm_guard.py's guard (lock, save, restore, also on Ctrl-C).
 Not a test: it prints figures and never fails on them.
 """
 
@@ -45,14 +45,15 @@ import typing as t
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "tests", "support"))
+sys.path.insert(0, os.path.join(REPO, "tests"))
 
-import ksm_state  # noqa: E402  (tests/support: the machine-wide KSM guard)
-import merge_workload  # noqa: E402  (tests/support: the duplicate-page workload)
+from support import collection, ksm_guard, merge_workload, tools, venvs  # noqa: E402  (tests/support)
 
-_sysfs = ksm_state._sysfs
-PAGE = _sysfs.page_size()
-TICK = os.sysconf("SC_CLK_TCK")
+collection.import_collection()
+
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _apply, _procfs, _sysfs  # noqa: E402
+
+PAGE = _procfs.page_size()
 MIB = 1024 * 1024
 
 # The knobs the benchmark moves; before each configuration they go back to these kernel defaults (ksm-kernel.md).
@@ -65,7 +66,7 @@ KERNEL_DEFAULTS = [
 class Config(t.NamedTuple):
     name: str
     kind: str          # sysfs | ksmtuned | role
-    settings: t.Dict[str, t.Any]
+    settings: dict[str, t.Any]
     what: str
 
 
@@ -100,24 +101,23 @@ def on_signal(signum: int, frame: t.Any) -> None:
 
 
 def ksmd_pid() -> int:
-    for pid in _sysfs.processes_named("ksmd"):
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        if fields[1] == "2":  # parent: kthreadd
-            return pid
-    raise SystemExit("no ksmd kernel thread found (kernel without CONFIG_KSM?)")
+    pid = _procfs.ksmd_pid()
+    if pid is None:
+        raise SystemExit("no ksmd kernel thread found (kernel without CONFIG_KSM?)")
+    return pid
 
 
-def cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of the whole line
+def cpu_seconds(pid: int) -> float:
+    """ksmd's CPU time so far ((utime + stime) / clock ticks of /proc/<pid>/stat)."""
+    seconds = _procfs.cpu_seconds(pid)
+    if seconds is None:
+        raise SystemExit(f"the ksmd kernel thread (pid {pid}) is gone")
+    return seconds
 
 
 def sched_ns(pid: int) -> int:
     """ksmd's time on a CPU in ns (/proc/<pid>/schedstat), a cross-check of the tick-based utime + stime."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0])
+    return int(_procfs.read_process_file(pid, "schedstat").split()[0])
 
 
 def loadavg() -> str:
@@ -125,7 +125,7 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def meminfo() -> t.List[t.Tuple[str, int, str]]:
+def meminfo() -> list[tuple[str, int, str]]:
     rows = []
     with open("/proc/meminfo") as f:
         for line in f:
@@ -135,7 +135,7 @@ def meminfo() -> t.List[t.Tuple[str, int, str]]:
     return rows
 
 
-def machine() -> t.Dict[str, t.Any]:
+def machine() -> dict[str, t.Any]:
     model = ""
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -149,23 +149,19 @@ def machine() -> t.Dict[str, t.Any]:
             "ram_gib": round(total / 1024 / 1024, 1), "page_size": PAGE, "thp": thp, "load": loadavg()}
 
 
-def other_mergeable(exclude: t.Iterable[int]) -> t.List[str]:
+def other_mergeable(exclude: t.Iterable[int]) -> list[str]:
     """Processes besides the workload with mergeable memory (their pages would count in pages_sharing too)."""
     skip = set(exclude)
     found = []
-    for path in glob.glob("/proc/[0-9]*/ksm_stat"):
-        pid = int(path.split("/")[2])
+    for pid in sorted(_procfs.pids()):
         if pid in skip:
             continue
         try:
-            with open(path) as f:
-                text = f.read()
-            with open(f"/proc/{pid}/comm") as f:
-                comm = f.read().strip()
+            items = _procfs.parse_ksm_stat(_procfs.read_process_file(pid, "ksm_stat"))
+            comm = _procfs.read_process_file(pid, "comm").strip()
         except OSError:
             continue
-        items = dict(line.replace(":", " ").split()[:2] for line in text.splitlines() if line.strip())
-        if items.get("ksm_rmap_items", "0") != "0" or items.get("ksm_mergeable") == "yes":
+        if items.get("ksm_rmap_items", 0) or items.get("ksm_mergeable") is True:
             found.append(f"{pid} ({comm})")
     return found
 
@@ -185,11 +181,11 @@ class Sampler(threading.Thread):
         self.pid = pid
         self.interval = interval
         self.fields = [f for f in self.FIELDS if ksm.has(f)]
-        self.samples: t.List[t.Dict[str, t.Any]] = []
+        self.samples: list[dict[str, t.Any]] = []
         self.halt = threading.Event()
 
-    def sample(self) -> t.Dict[str, t.Any]:
-        row = {"t": time.monotonic(), "cpu": cpu_ticks(self.pid), "ns": sched_ns(self.pid)}
+    def sample(self) -> dict[str, t.Any]:
+        row: dict[str, t.Any] = {"t": time.monotonic(), "cpu": cpu_seconds(self.pid), "ns": sched_ns(self.pid)}
         for name in self.fields:
             row[name] = self.ksm.read(name)
         row["saved"] = row["pages_sharing"] + max(row.get("ksm_zero_pages", 0), 0)
@@ -200,7 +196,7 @@ class Sampler(threading.Thread):
             self.samples.append(self.sample())
             self.halt.wait(self.interval)
 
-    def last(self) -> t.Dict[str, t.Any]:
+    def last(self) -> dict[str, t.Any]:
         return self.samples[-1] if self.samples else self.sample()
 
     def stop(self) -> None:
@@ -212,27 +208,27 @@ class Sampler(threading.Thread):
 # Applying configurations
 
 
+def converge(ksm: _sysfs.Sysfs, request: dict[str, t.Any]) -> None:
+    """Make KSM hold request through the collection's planner (its write order, unmerging when needed)."""
+    try:
+        _apply.converge(ksm, request, allow_unmerge=True, timeout=300)
+    except _sysfs.KsmError as exc:
+        raise SystemExit(f"{exc} (drop the configuration with --only if this kernel cannot take it)") from None
+
+
 def reset(ksm: _sysfs.Sysfs) -> None:
     """Unmerge everything (run=2), wait until nothing is merged, put the scan knobs back to the kernel defaults."""
-    ksm.write("run", "unmerged")
+    converge(ksm, dict([(name, value) for name, value in KERNEL_DEFAULTS if ksm.has(name)], run="unmerged"))
     if not ksm.wait_unmerged(300, interval=0.2):
         raise SystemExit("KSM did not unmerge within 300 s (run=2); is another KSM manager running?")
-    for name, value in KERNEL_DEFAULTS:
-        if ksm.has(name) and ksm.read(name) != value:
-            ksm.write(name, value)
 
 
-def write_sysfs(ksm: _sysfs.Sysfs, settings: t.Dict[str, t.Any]) -> None:
-    """Write settings in the kernel's safe order (advisor numbers, mode, scan knobs), run=1 last."""
-    order = [k.name for k in _sysfs.TUNABLES]
-    for name in sorted(settings, key=order.index):
-        if not ksm.has(name):
-            raise SystemExit(f"this kernel has no {name}; drop the configuration that sets it (--only)")
-        ksm.write(name, settings[name])
-    ksm.write("run", "running")
+def write_sysfs(ksm: _sysfs.Sysfs, settings: dict[str, t.Any]) -> None:
+    """Apply a sysfs configuration and start KSM (run=1)."""
+    converge(ksm, dict(settings, run="running"))
 
 
-def ksmtuned_package(work: str) -> t.Tuple[str, str]:
+def ksmtuned_package(work: str) -> tuple[str, str]:
     """The real Debian ksmtuned package: a cached .deb of the test images, else `apt-get download ksmtuned`."""
     candidates = sorted(glob.glob(os.path.join(REPO, ".cache", "hosts", "*", "opt", "localrepo", "ksmtuned_*.deb")))
     candidates += sorted(glob.glob("/var/cache/apt/archives/ksmtuned_*.deb"))
@@ -259,7 +255,7 @@ class Ksmtuned:
         self.script = os.path.join(self.unpacked, "usr", "sbin", "ksmtuned")
         self.conf = os.path.join(self.unpacked, "etc", "ksmtuned.conf")
         self.version = os.path.basename(self.deb)[:-len(".deb")].replace("_", " ")
-        self.group: t.Optional[int] = None
+        self.group: int | None = None
         self.log = os.path.join(work, "ksmtuned.log")
 
     def fake_meminfo(self) -> str:
@@ -295,16 +291,12 @@ class Ksmtuned:
         self.group = None
 
 
-def run_role(work: str, role_vars: t.Dict[str, t.Any]) -> str:
+def run_role(work: str, role_vars: dict[str, t.Any]) -> str:
     """Apply the real role to localhost with ansible-playbook from the project's .venv; return the mode it chose."""
-    venv = os.path.join(REPO, ".venv", "bin")
-    if not os.path.exists(os.path.join(venv, "ansible-playbook")):
+    venv = os.path.join(REPO, ".venv")
+    playbook_tool = tools.find_tool("ansible-playbook", venv)
+    if not playbook_tool:
         raise SystemExit("no .venv/bin/ansible-playbook: run ./scripts/bootstrap --main first")
-    collections = os.path.join(work, "collections")
-    link = os.path.join(collections, "ansible_collections", "kvmhost", "ksm")
-    if not os.path.exists(link):
-        os.makedirs(os.path.dirname(link))
-        os.symlink(REPO, link)
     chosen = os.path.join(work, "mode")
     playbook = os.path.join(work, "role.yml")
     all_vars = dict(role_vars, ksm_persist=False, ksm_manage_packages=False)
@@ -313,11 +305,9 @@ def run_role(work: str, role_vars: t.Dict[str, t.Any]) -> str:
                     "roles": [{"role": "kvmhost.ksm.ksm", "vars": all_vars}],
                     "post_tasks": [{"name": "Record the mode", "ansible.builtin.copy": {
                         "content": "{{ ksm_effective_mode }}", "dest": chosen, "mode": "0644"}}]}], f)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_PYTHON_INTERPRETER=os.path.join(venv, "python"),
-               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1")
     with open(os.path.join(work, "role.log"), "a") as log:
-        done = subprocess.run([os.path.join(venv, "ansible-playbook"), "-i", "localhost,", playbook],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        done = subprocess.run([playbook_tool, "-i", "localhost,", playbook], env=collection.ansible_env(venv),
+                              stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode:
         raise SystemExit(f"the role failed (exit {done.returncode}); see {os.path.join(work, 'role.log')}")
     with open(chosen) as f:
@@ -336,14 +326,15 @@ class Guests:
         self.names = [f"bench-merge-{i + 1}" for i in range(count)]
         self.env = dict(os.environ, VMLAB_STATE_DIR=os.path.join(work, "guests"))
         self.lab = os.path.join(REPO, "tests", "vmlab", "vmlab")
-        self.pids: t.List[int] = []
+        self.pids: list[int] = []
 
     def __enter__(self) -> "Guests":
         done = subprocess.run([self.lab, "clone", "--flavor", "uni"] + self.names, env=self.env, check=False,
                               stdout=subprocess.PIPE, text=True)
         if done.returncode:
             self.stop()
-            raise SystemExit(f"the VM lab could not start the guests (exit {done.returncode}); see tests/vmlab/README.md")
+            raise SystemExit(f"the VM lab could not start the guests (exit {done.returncode}); "
+                             "see tests/vmlab/README.md")
         self.pids = [g["pid"] for g in json.loads(done.stdout)]
         return self
 
@@ -365,7 +356,7 @@ class ProcessLoad:
         return self
 
     @property
-    def pids(self) -> t.List[int]:
+    def pids(self) -> list[int]:
         return self.workload.pids
 
     @property
@@ -376,7 +367,7 @@ class ProcessLoad:
         self.workload.stop()
 
 
-def settled(samples: t.List[t.Dict[str, t.Any]], seconds: float) -> bool:
+def settled(samples: list[dict[str, t.Any]], seconds: float) -> bool:
     """Guests: saved is above 0 and grew by less than 1 % over the last `seconds`."""
     if not samples or samples[-1]["saved"] <= 0 or samples[-1]["t"] - samples[0]["t"] < seconds:
         return False
@@ -385,11 +376,13 @@ def settled(samples: t.List[t.Dict[str, t.Any]], seconds: float) -> bool:
 
 
 def measure(cfg: Config, args: argparse.Namespace, ksm: _sysfs.Sysfs, pid: int, work: str,
-            guests: t.Optional[Guests]) -> t.Dict[str, t.Any]:
-    result: t.Dict[str, t.Any] = {"name": cfg.name, "what": cfg.what, "load_before": loadavg()}
+            guests: Guests | None) -> dict[str, t.Any]:
+    result: dict[str, t.Any] = {"name": cfg.name, "what": cfg.what, "load_before": loadavg()}
     tuned = None
-    with (contextlib.nullcontext(guests) if guests else ProcessLoad(args)) as load:
-        saveable = None if guests else load.saveable
+    workload: contextlib.AbstractContextManager[Guests | ProcessLoad] = (
+        contextlib.nullcontext(guests) if guests else ProcessLoad(args))
+    with workload as load:
+        saveable = None if isinstance(load, Guests) else load.saveable
         others = other_mergeable(load.pids)
         if others:
             result["warning"] = "other processes with mergeable memory: " + ", ".join(others)
@@ -435,9 +428,9 @@ def measure(cfg: Config, args: argparse.Namespace, ksm: _sysfs.Sysfs, pid: int, 
     return result
 
 
-def crossing(rows: t.List[t.Dict[str, t.Any]], level: float) -> t.Optional[t.Dict[str, float]]:
-    """Time, CPU ticks and ns where saved first reaches level, interpolated between the two samples around it."""
-    for before, after in zip(rows, rows[1:]):
+def crossing(rows: list[dict[str, t.Any]], level: float) -> dict[str, float] | None:
+    """Time, CPU seconds and ns where saved first reaches level, interpolated between the two samples around it."""
+    for before, after in zip(rows, rows[1:], strict=False):
         if after["saved"] >= level:
             if before["saved"] >= level:
                 return {"t": before["t"], "cpu": before["cpu"], "ns": before["ns"]}
@@ -446,14 +439,14 @@ def crossing(rows: t.List[t.Dict[str, t.Any]], level: float) -> t.Optional[t.Dic
     return None
 
 
-def analyse(samples: t.List[t.Dict[str, t.Any]], t0: float, t_apply: float, saveable: int,
-            args: argparse.Namespace) -> t.Dict[str, t.Any]:
+def analyse(samples: list[dict[str, t.Any]], t0: float, t_apply: float, saveable: int,
+            args: argparse.Namespace) -> dict[str, t.Any]:
     base = [s for s in samples if s["t"] <= t0]
     cpu0 = (base[-1] if base else samples[0])["cpu"]
     ns0 = (base[-1] if base else samples[0])["ns"]
     rows = [s for s in samples if s["t"] >= t0]
     series = [[round(s["t"] - t0, 2), round(s["saved"] * PAGE / MIB, 1)] for s in rows]
-    out: t.Dict[str, t.Any] = {"series": series, "saveable_mib": round(saveable * PAGE / MIB, 1),
+    out: dict[str, t.Any] = {"series": series, "saveable_mib": round(saveable * PAGE / MIB, 1),
                                "apply_s": round(t0 - t_apply, 1)}
     on = [s for s in rows if s["run"] == "running"]
     out["on_at"] = round(on[0]["t"] - t0, 1) if on else None
@@ -463,14 +456,14 @@ def analyse(samples: t.List[t.Dict[str, t.Any]], t0: float, t_apply: float, save
         if mark == 90:
             end = hit or rows[-1]
             span = end["t"] - t0
-            out["cpu"] = round((end["cpu"] - cpu0) / TICK, 2)
+            out["cpu"] = round(end["cpu"] - cpu0, 2)
             out["cpu_schedstat"] = round((end["ns"] - ns0) / 1e9, 2)
-            out["share"] = round(100 * (end["cpu"] - cpu0) / TICK / span, 1) if span > 0 else None
+            out["share"] = round(100 * (end["cpu"] - cpu0) / span, 1) if span > 0 else None
             out["window"] = round(span, 1)
     full = next((s for s in rows if s["saved"] >= saveable * args.full / 100), None)
     last = rows[-1]
     if full and last["t"] - full["t"] >= 1:
-        out["after_share"] = round(100 * (last["cpu"] - full["cpu"]) / TICK / (last["t"] - full["t"]), 1)
+        out["after_share"] = round(100 * (last["cpu"] - full["cpu"]) / (last["t"] - full["t"]), 1)
     else:
         out["after_share"] = None
     out["final_pct"] = round(100 * last["saved"] / saveable, 1)
@@ -484,7 +477,7 @@ def analyse(samples: t.List[t.Dict[str, t.Any]], t0: float, t_apply: float, save
 # Report
 
 
-def verdicts(results: t.List[t.Dict[str, t.Any]], budget: float) -> t.Dict[str, t.Any]:
+def verdicts(results: list[dict[str, t.Any]], budget: float) -> dict[str, t.Any]:
     limit = next((r for r in results if r["name"] == "unthrottled" and r.get("t90") is not None), None)
     if not limit:
         return {}
@@ -506,7 +499,7 @@ def fmt(value: t.Any, unit: str = "") -> str:
     return "not reached" if value is None else f"{value}{unit}"
 
 
-def table(results: t.List[t.Dict[str, t.Any]], args: argparse.Namespace) -> str:
+def table(results: list[dict[str, t.Any]], args: argparse.Namespace) -> str:
     lines = ["| configuration | KSM on at | t50 | t90 | ksmd CPU to t90 | ksmd share to t90 | share once merged "
              "| saved at end | pages_to_scan / sleep at end | budget target |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -520,8 +513,8 @@ def table(results: t.List[t.Dict[str, t.Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def report(results: t.List[t.Dict[str, t.Any]], info: t.Dict[str, t.Any], args: argparse.Namespace,
-           target: t.Dict[str, t.Any]) -> str:
+def report(results: list[dict[str, t.Any]], info: dict[str, t.Any], args: argparse.Namespace,
+           target: dict[str, t.Any]) -> str:
     saveable = results[0]["saveable_mib"] if results else 0
     head = [f"Machine: kernel {info['kernel']}, {info['cores']} cores ({info['cpu']}), {info['ram_gib']} GiB RAM, "
             f"page {info['page_size']} B, THP {info['thp']}; load average at start {info['load']}, at end "
@@ -547,17 +540,12 @@ def report(results: t.List[t.Dict[str, t.Any]], info: t.Dict[str, t.Any], args: 
 
 def plot(out: str) -> None:
     """Draw results.png with bench/merge_plot.py in the bench venv (matplotlib), built on first use."""
-    venv = os.path.join(REPO, ".venv-bench")
+    try:
+        venv = venvs.ensure_venv("bench")
+    except venvs.VenvError as exc:
+        print(f"no plot: {exc}")
+        return
     python = os.path.join(venv, "bin", "python")
-    if not os.path.exists(os.path.join(venv, ".ready")):
-        print("building .venv-bench (matplotlib, requirements/bench.txt) for the plot ...", flush=True)
-        ok = subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=False).returncode == 0
-        ok = ok and subprocess.run([python, "-m", "pip", "install", "-q", "-r",
-                                    os.path.join(REPO, "requirements", "bench.txt")], check=False).returncode == 0
-        if not ok:
-            print("no plot: could not build .venv-bench from requirements/bench.txt (PyPI unreachable?)")
-            return
-        open(os.path.join(venv, ".ready"), "w").close()
     subprocess.run([python, os.path.join(HERE, "merge_plot.py"), os.path.join(out, "results.json"),
                     os.path.join(out, "results.png")], check=False)
 
@@ -597,7 +585,7 @@ def main() -> int:
             parser.error(f"unknown configurations {sorted(unknown)}; known: {[c.name for c in configs]}")
         configs = [c for c in configs if c.name in names]
 
-    ok, why = ksm_state.writable()
+    ok, why = ksm_guard.writable()
     if not ok:
         print(f"bench/merge needs the real, writable KSM of this machine: {why}", file=sys.stderr)
         return 77
@@ -607,14 +595,15 @@ def main() -> int:
     info = machine()
     pid = ksmd_pid()
     ksm = _sysfs.Sysfs()
-    results: t.List[t.Dict[str, t.Any]] = []
+    results: list[dict[str, t.Any]] = []
     work = tempfile.mkdtemp(prefix="kvmhost-bench-merge.")
     print(f"kernel {info['kernel']}, {info['cores']} cores, {info['ram_gib']} GiB, load {info['load']}; "
-          + (f"{args.guests} VM lab guests; " if args.guests else f"{args.processes} x {args.mib // args.processes} MiB; ")
+          + (f"{args.guests} VM lab guests; " if args.guests
+             else f"{args.processes} x {args.mib // args.processes} MiB; ")
           + f"{len(configs)} configurations, "
           f"timeout {args.timeout:g} s each", flush=True)
     try:
-        with ksm_state.guarded(), (Guests(args.guests, work) if args.guests else contextlib.nullcontext()) as guests:
+        with ksm_guard.guarded(), (Guests(args.guests, work) if args.guests else contextlib.nullcontext()) as guests:
             for cfg in configs:
                 print(f"- {cfg.name}: {cfg.what} ...", flush=True)
                 try:
