@@ -447,7 +447,7 @@ def analyse(samples: list[dict[str, t.Any]], t0: float, t_apply: float, saveable
     rows = [s for s in samples if s["t"] >= t0]
     series = [[round(s["t"] - t0, 2), round(s["saved"] * PAGE / MIB, 1)] for s in rows]
     out: dict[str, t.Any] = {"series": series, "saveable_mib": round(saveable * PAGE / MIB, 1),
-                               "apply_s": round(t0 - t_apply, 1)}
+                             "apply_s": round(t0 - t_apply, 1)}
     on = [s for s in rows if s["run"] == "running"]
     out["on_at"] = round(on[0]["t"] - t0, 1) if on else None
     for mark in (50, 90):
