@@ -44,7 +44,7 @@ def cdir(name: str) -> str:
     return os.path.join(STATE, name)
 
 
-def read_pid(name: str) -> t.Optional[int]:
+def read_pid(name: str) -> int | None:
     """The nspawn pid of a container, or None when it is not running (stale pid files are ignored)."""
     try:
         with open(os.path.join(cdir(name), "pid")) as f:
@@ -56,7 +56,7 @@ def read_pid(name: str) -> t.Optional[int]:
     return pid if any(part.endswith(b"systemd-nspawn") for part in cmd) else None
 
 
-def leader(pid: int) -> t.Optional[int]:
+def leader(pid: int) -> int | None:
     """The container's PID 1 as seen from the host: the child of nspawn that is pid 1 in its own pid namespace
     (nspawn forks short-lived helpers first; they are not it)."""
     try:
@@ -175,7 +175,7 @@ def stop(name: str) -> None:
     shutil.rmtree(cdir(name), ignore_errors=True)
 
 
-def known() -> t.List[str]:
+def known() -> list[str]:
     if not os.path.isdir(STATE):
         return []
     return sorted(n for n in os.listdir(STATE) if os.path.isfile(os.path.join(STATE, n, "pid")))
