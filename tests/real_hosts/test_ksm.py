@@ -184,7 +184,7 @@ def test_persist_to_a_tmp_file(host, tmp_path):
     assert check["diff"][1]["after"] == persist.read_text()
     # the file alone changes: merged with what is there, run stays last
     more = host.run("ksm", diff=True, use_zero_pages=host.read("use_zero_pages"), persist=True,
-                      persist_file=str(persist))
+                    persist_file=str(persist))
     assert more["changed"] and more["diff"][0]["before"] == more["diff"][0]["after"]
     assert persist.read_text().splitlines()[-1] == "w /sys/kernel/mm/ksm/run - - - - 1"
     assert len(persist.read_text().splitlines()) == 4
