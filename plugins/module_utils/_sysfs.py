@@ -16,6 +16,7 @@ Facts come from the kernel's mm/ksm.c and Documentation/admin-guide/mm/ksm.rst.
 import errno
 import os
 import platform
+import stat
 import time
 import typing as t
 
@@ -93,27 +94,56 @@ def kernel_release():
 
 def parse_advisor_mode(text):
     # type: (str) -> str
-    """'[none] scan-time' -> 'none'; a plain word is returned as it is."""
+    """'[none] scan-time' -> 'none'; a plain word is returned as it is; no word at all raises ValueError."""
     text = text.strip()
     if "[" in text and "]" in text:
-        return text[text.index("[") + 1:text.index("]")]
+        text = text[text.index("[") + 1:text.index("]")].strip()
+    if not text or " " in text:
+        raise ValueError("no advisor mode in {0!r}".format(text))
     return text
 
 
 def parse(name, text):
     # type: (str, str) -> Value
-    """Parse the text of a KSM file into a typed value (run as its state name, masked with & 3)."""
+    """Parse the text of a KSM file into a typed value (run as its state name, masked with & 3).
+
+    Raises ValueError for text the kernel never prints there, including a run value whose low bits are 3.
+    """
     text = text.strip()
     knob = KNOBS.get(name)
     if knob is None:
         return int(text)
     if knob.kind == "run":
-        return RUN_STATES[min(int(text) & 3, 2)]  # bit 4 = memory offlining in progress
+        value = int(text) & 3  # bit 4 = memory offlining in progress
+        if value >= len(RUN_STATES):
+            raise ValueError("unknown run state {0}".format(value))
+        return RUN_STATES[value]
     if knob.kind == "bool":
         return int(text) != 0
     if knob.kind == "enum":
         return parse_advisor_mode(text)
     return int(text)
+
+
+def expected_text(name):
+    # type: (str) -> str
+    """What a KSM file holds, in words, for a message about text that does not parse."""
+    knob = KNOBS.get(name)
+    if knob is None:
+        return "a number"
+    if knob.kind == "run":
+        return "0 (stopped), 1 (running) or 2 (unmerged), possibly with bit 4 set"
+    if knob.kind == "bool":
+        return "0 or 1"
+    if knob.kind == "enum":
+        return "the advisor modes with the active one in brackets, such as '[none] scan-time'"
+    return "a number"
+
+
+def shown(text, limit=40):
+    # type: (str, int) -> str
+    """text quoted for a message, cut to limit characters."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def format_value(name, value):
@@ -129,19 +159,47 @@ def format_value(name, value):
     return str(int(value))
 
 
-def explain(path, text, err, release=None):
-    # type: (str, str, t.Optional[int], t.Optional[str]) -> str
+def is_under_sys(path):
+    # type: (str) -> bool
+    return path == "/sys" or path.startswith("/sys/")
+
+
+def os_remedy(path, err, euid=None):
+    # type: (str, t.Optional[int], t.Optional[int]) -> t.Optional[str]
+    """The cause and remedy of a permission or read-only failure on path, or None for other errors.
+
+    EPERM/EACCES as root are an immutable attribute or a security module, not a missing become; EROFS looks like a
+    container only under /sys.
+    """
+    euid = os.geteuid() if euid is None else euid
+    if err in (errno.EACCES, errno.EPERM):
+        if euid != 0:
+            return "permission denied; only root can change it (use become: true)"
+        return ("permission denied although running as root, so the file or its directory has the immutable or "
+                "append-only attribute (check with lsattr, clear with chattr -i or chattr -a) or a security module "
+                "(SELinux, AppArmor) refuses it (check the audit log)")
+    if err == errno.EROFS:
+        if is_under_sys(path):
+            return ("/sys is mounted read-only, which looks like a container; manage KSM from the host or "
+                    "bind-mount {0} writable".format(os.path.dirname(path)))
+        return "{0} is on a file system mounted read-only; remount it read-write or choose another path".format(
+            os.path.dirname(path) or path)
+    return None
+
+
+def explain(path, text, err, release=None, euid=None):
+    # type: (str, str, t.Optional[int], t.Optional[str], t.Optional[int]) -> str
     """One sentence for a failed write of text to path: what happened and what to do."""
     release = release or kernel_release()
     name = os.path.basename(path)
     head = "Cannot write {0!r} to {1}".format(text, path)
+    remedy = os_remedy(path, err, euid)
+    if remedy is not None:
+        if err in (errno.EACCES, errno.EPERM) and (os.geteuid() if euid is None else euid) != 0:
+            remedy = "permission denied; KSM settings can only be changed by root (use become: true)"
+        return "{0}: {1}.".format(head, remedy)
     if err == errno.ENOENT:
         return "{0}: kernel {1} has no such KSM file; leave {2} unset on this host.".format(head, release, name)
-    if err == errno.EROFS:
-        return ("{0}: /sys is mounted read-only, which looks like a container; "
-                "manage KSM from the host or bind-mount {1} writable.".format(head, os.path.dirname(path)))
-    if err in (errno.EACCES, errno.EPERM):
-        return "{0}: permission denied; KSM settings can only be changed by root (use become: true).".format(head)
     if err == errno.EBUSY:
         return ("{0}: the kernel refuses to change {1} while pages are merged; "
                 "set allow_unmerge: true or unmerge first with state: unmerged.".format(head, name))
@@ -156,7 +214,54 @@ def explain(path, text, err, release=None):
     if err == errno.EINTR:
         return ("{0}: the write was interrupted by a signal and KSM was left stopped with some pages still "
                 "merged; run the task again.".format(head))
+    if err == errno.EISDIR:
+        return "{0}: it is a directory, not a KSM file; point sysfs_path at {1}.".format(head, DEFAULT_ROOT)
     return "{0}: {1}; check the host's kernel log.".format(head, os.strerror(err or 0))
+
+
+def kind_of(mode):
+    # type: (int) -> str
+    """'a directory', 'a symbolic link', ... for a stat mode (messages about files that are not regular)."""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def root_problem(root):
+    # type: (str) -> t.Optional[str]
+    """Why root cannot be a KSM sysfs directory (one sentence), or None; a root that does not exist is left to
+    validation, which says that KSM is not available."""
+    hint = "point sysfs_path at the KSM directory, {0}".format(DEFAULT_ROOT)
+    if not root or not os.path.isabs(root):
+        return "sysfs_path must be an absolute path, got {0!r}; {1}.".format(root, hint)
+    try:
+        mode = os.stat(root).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        return "Cannot read sysfs_path {0}: {1}; {2}.".format(root, exc.strerror, hint)
+    if not stat.S_ISDIR(mode):
+        return "sysfs_path {0} is {1}, not a directory; {2}.".format(root, kind_of(mode), hint)
+    run = os.path.join(root, "run")
+    try:
+        mode = os.stat(run).st_mode
+    except OSError:
+        return None
+    if not stat.S_ISREG(mode):
+        return "sysfs_path {0} is not a KSM directory: {1} is {2}, not the KSM run file; {3}.".format(
+            root, run, kind_of(mode), hint)
+    return None
+
+
+def normalise_root(root):
+    # type: (str) -> str
+    """An absolute sysfs_path without '..', '.', doubled or trailing slashes (relative paths stay as they are)."""
+    if not root or not os.path.isabs(root):
+        return root
+    return "/" + os.path.normpath(root).lstrip("/")
 
 
 class Sysfs(object):
@@ -182,12 +287,50 @@ class Sysfs(object):
 
     def read_text(self, name):
         # type: (str) -> str
-        with open(self.path(name)) as f:
-            return f.read().strip()
+        """The text of a KSM file. Raises KsmError naming the file for anything but a readable regular file
+        (errno ENOENT: a file this kernel does not have, which read_present skips)."""
+        path = self.path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            raise KsmError(self._unreadable(path, exc.errno, exc.strerror), exc.errno) from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise KsmError("Cannot read {0}: it is {1}, not a KSM file; point sysfs_path at the KSM "
+                               "directory, {2}, or repair the tree.".format(path, kind_of(mode), DEFAULT_ROOT),
+                               errno.EINVAL)
+            data = os.read(fd, 4096)
+        except OSError as exc:
+            raise KsmError(self._unreadable(path, exc.errno, exc.strerror), exc.errno) from None
+        finally:
+            os.close(fd)
+        return data.decode("ascii", "replace").strip()
+
+    @staticmethod
+    def _unreadable(path, err, strerror):
+        # type: (str, t.Optional[int], t.Optional[str]) -> str
+        if err == errno.ENOENT:
+            return ("Cannot read {0}: it does not exist (this kernel has no such KSM file, or it vanished "
+                    "meanwhile); check sysfs_path and the kernel log.".format(path))
+        if err == errno.ELOOP:
+            return ("Cannot read {0}: it is a symbolic link, not a KSM file; point sysfs_path at the KSM "
+                    "directory, {1}, or repair the tree.".format(path, DEFAULT_ROOT))
+        remedy = os_remedy(path, err) or "{0}; check the host's kernel log".format(strerror)
+        return "Cannot read {0}: {1}.".format(path, remedy)
 
     def read(self, name):
         # type: (str) -> Value
-        return parse(name, self.read_text(name))
+        """The typed value of a KSM file; KsmError naming the file and the text found when it does not parse."""
+        text = self.read_text(name)
+        try:
+            return parse(name, text)
+        except ValueError:
+            raise KsmError("Cannot parse {0}: found {1}, expected {2}; this is not a KSM file of a kernel this "
+                           "collection knows, or sysfs_path points at a broken tree; check the file (and the "
+                           "kernel log) or point sysfs_path at {3}."
+                           .format(self.path(name), shown(text), expected_text(name), DEFAULT_ROOT),
+                           errno.EINVAL) from None
 
     def read_present(self, names):
         # type: (t.Iterable[str]) -> t.Dict[str, Value]
@@ -196,7 +339,7 @@ class Sysfs(object):
         for name in names:
             try:
                 values[name] = self.read(name)
-            except (IOError, OSError) as exc:
+            except KsmError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
         return values
@@ -216,12 +359,16 @@ class Sysfs(object):
             raise ValueError("not a writable KSM file: {0!r}".format(name))
         path = self.path(name)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # as `echo >`; truncates fake trees
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
             try:
                 os.write(fd, text.encode("ascii"))
             finally:
                 os.close(fd)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise KsmError("Cannot write {0!r} to {1}: it is a symbolic link, not a KSM file; point sysfs_path at "
+                               "the KSM directory, {2}, or repair the tree.".format(text, path, DEFAULT_ROOT),
+                               exc.errno) from None
             raise KsmError(explain(path, text, exc.errno), exc.errno) from None
 
     def write(self, name, value):

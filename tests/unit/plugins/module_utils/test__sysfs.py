@@ -79,8 +79,8 @@ def test_only_ksm_files_can_be_named(ksm_tree):
 @pytest.mark.parametrize("err, name, words", [
     (errno.ENOENT, "advisor_mode", ["kernel 4.18.0-fake has no such KSM file", "leave advisor_mode unset"]),
     (errno.EROFS, "run", ["read-only", "container"]),
-    (errno.EACCES, "run", ["root", "become"]),
-    (errno.EPERM, "run", ["root"]),
+    (errno.EACCES, "run", ["root", "become: true"]),
+    (errno.EPERM, "run", ["root", "become: true"]),
     (errno.EBUSY, "merge_across_nodes", ["pages are merged", "allow_unmerge"]),
     (errno.EINVAL, "pages_to_scan", ["advisor_mode", "scan-time"]),
     (errno.EINVAL, "max_page_sharing", ["invalid", "range of max_page_sharing"]),
@@ -89,11 +89,24 @@ def test_only_ksm_files_can_be_named(ksm_tree):
     (errno.EIO, "run", ["kernel log"]),
 ])
 def test_explain(err, name, words):
-    message = _sysfs.explain("/sys/kernel/mm/ksm/" + name, "2", err, "4.18.0-fake")
+    message = _sysfs.explain("/sys/kernel/mm/ksm/" + name, "2", err, "4.18.0-fake", euid=1000)
     assert message.startswith("Cannot write '2' to /sys/kernel/mm/ksm/" + name)
     for word in words:
         assert word in message
     assert message.endswith(".") and "\n" not in message
+
+
+@pytest.mark.parametrize("err", [errno.EACCES, errno.EPERM])
+def test_explain_permission_denied_as_root_names_the_causes(err):
+    message = _sysfs.explain("/sys/kernel/mm/ksm/run", "1", err, "6.18", euid=0)
+    for word in ("although running as root", "immutable", "lsattr", "chattr -i", "SELinux", "AppArmor"):
+        assert word in message
+    assert "become" not in message and message.endswith(".") and "\n" not in message
+
+
+def test_explain_read_only_outside_sys_is_no_container():
+    message = _sysfs.explain("/srv/fake/ksm/run", "1", errno.EROFS, "6.18")
+    assert "/srv/fake/ksm is on a file system mounted read-only" in message and "container" not in message
 
 
 def test_wait_unmerged(ksm_tree):
