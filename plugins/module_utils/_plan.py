@@ -131,16 +131,19 @@ def _in_range(name, value):
 
 
 def problems(request, current, root, release):
-    # type: (Values, Values, str, str) -> t.List[str]
-    """Every reason the request cannot be applied to a host whose KSM files read as current."""
+    # type: (Values, t.Optional[Values], str, str) -> t.List[str]
+    """Every reason the request cannot be applied to a host whose KSM files read as current (None: they could not
+    be read, so only the values themselves are checked)."""
     found = []  # type: t.List[str]
     for knob in TUNABLES:
         if knob.name not in request:
             continue
-        if knob.name not in current:
+        if current is not None and knob.name not in current:
             found.append(_missing(root, knob.name, release))
         elif not _in_range(knob.name, request[knob.name]):
             found.append(_out_of_range(root, knob.name, request[knob.name]))
+    if current is None:
+        return found
     if "pages_to_scan" in request and advisor_owns_pages_to_scan(final_mode(request, current)):
         found.append("Cannot manage pages_to_scan while advisor_mode is scan-time: the kernel refuses every write to "
                      "{0} then and the advisor sets it; leave pages_to_scan unset or set advisor_mode: none; "
@@ -162,16 +165,42 @@ def _advisor_bounds(request, current, root):
             .format(final[low], final[high], "requested" if high in request else "current", root)]
 
 
-def validate(request, current, root, release):
-    # type: (Values, Values, str, str) -> None
-    """Raise KsmError for the first problem of the whole request, before anything is written."""
-    if "run" not in current:
-        raise KsmError("KSM is not available: {0} does not exist, so kernel {1} was built without CONFIG_KSM "
-                       "(or sysfs_path is wrong); nothing was written.".format(os.path.join(root, "run"), release),
-                       errno.ENOENT)
-    found = problems(request, current, root, release)
+NOTHING_WRITTEN = "; nothing was written"
+
+
+def refusal(found):
+    # type: (t.List[str]) -> str
+    """One message for every problem found: the sentence itself for one, 'N problems: a; b; ...; nothing was
+    written.' for more (each problem one sentence, without its own ending)."""
+    if len(found) == 1:
+        text = found[0].rstrip(".")
+        return (text if text.endswith(NOTHING_WRITTEN) else text + NOTHING_WRITTEN) + "."
+    parts = []  # type: t.List[str]
+    for problem in found:
+        text = problem.rstrip(".")
+        if text.endswith(NOTHING_WRITTEN):
+            text = text[:-len(NOTHING_WRITTEN)]
+        parts.append(text)
+    return "{0} problems: {1}{2}.".format(len(found), "; ".join(parts), NOTHING_WRITTEN)
+
+
+def validate(request, current, root, release, found=None):
+    # type: (Values, t.Optional[Values], str, str, t.Optional[t.List[str]]) -> None
+    """Raise one KsmError naming every problem of the whole request (and the caller's found ones), before anything
+    is written. current None: the KSM files could not be read (the reason is among found)."""
+    found = list(found or [])
+    if current is not None and "run" not in current:
+        found.append("KSM is not available: {0} does not exist, so kernel {1} was built without CONFIG_KSM "
+                     "(or sysfs_path is wrong); nothing was written.".format(os.path.join(root, "run"), release))
+        current = None
+        err = errno.ENOENT  # type: t.Optional[int]
+    else:
+        err = None
+    found.extend(problems(request, current, root, release))
     if found:
-        raise KsmError(found[0])
+        raise KsmError(refusal(found), err if len(found) == 1 else errno.EINVAL)
+    if current is None:
+        raise KsmError(refusal(["Cannot read the KSM files in {0}".format(root)]), errno.EIO)
 
 
 def warnings(request, current, ksmtuned_pids):
