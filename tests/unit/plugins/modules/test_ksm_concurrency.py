@@ -1,0 +1,116 @@
+# Copyright (c) kvmhost.ksm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Overlapping runs of the ksm module on one fake tree: two real processes per pair, released at the same instant.
+
+Each pair runs the module as Ansible does (tests/unit/module_process: a process per run, JSON in and out), with the
+host lock pointed into the test's directory (lock_file). Whatever the order the lock gives them, a pair must end
+with: both runs reporting success; every knob both runs manage holding the later run's value (one run's complete
+request, never a mix); the later run's read-back (after) equal to the tree, and its before equal to what the
+earlier run reported (it waited, then saw the finished state: no reported success undone); and with persist, a
+drop-in holding every key of both runs (none lost), with the later run's values where both persisted one knob.
+"""
+
+import os
+
+import pytest
+
+from ansible_collections.kvmhost.ksm.plugins.modules import ksm as module
+from ansible_collections.kvmhost.ksm.tests.unit import module_process
+from ansible_collections.kvmhost.ksm.tests.unit.kernel_model import KernelModel
+
+PAIRS = 6  # per kind: 4 kinds, 24 overlapping pairs
+KINDS = {  # kind -> (persist, requests of run A and run B for pair i)
+    "same knobs": (False, lambda i: ({"sleep_millisecs": 100 + i, "pages_to_scan": 1000 + i, "state": "running"},
+                                     {"sleep_millisecs": 200 + i, "pages_to_scan": 2000 + i, "state": "stopped"})),
+    "same knobs, persist": (True, lambda i: ({"sleep_millisecs": 100 + i, "pages_to_scan": 1000 + i,
+                                              "state": "running"},
+                                             {"sleep_millisecs": 200 + i, "pages_to_scan": 2000 + i,
+                                              "state": "stopped"})),
+    "different knobs, persist": (True, lambda i: ({"sleep_millisecs": 100 + i, "state": "running"},
+                                                  {"pages_to_scan": 2000 + i, "use_zero_pages": True})),
+    "overlapping knobs, persist": (True, lambda i: ({"sleep_millisecs": 100 + i, "pages_to_scan": 1000 + i},
+                                                    {"sleep_millisecs": 200 + i, "smart_scan": False})),
+}
+OPTION_FILE = {"state": "run"}
+FIGURES = {"pairs": 0, "overlapped": 0, "persisted": 0}
+
+
+def tree_values(model, request):
+    """The values the tree holds for the options of request, typed like the module's options."""
+    return dict((o, model.value(OPTION_FILE.get(o, o))) for o in request)
+
+
+def drop_in(path, root):
+    """{option: text} of the w lines for root in the tmpfiles drop-in at path."""
+    entries = {}
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0].startswith("w") and os.path.dirname(fields[1]) == root:
+                name = os.path.basename(fields[1])
+                entries[{"run": "state"}.get(name, name)] = fields[6]
+    return entries
+
+
+def text_of(option, value):
+    if option == "state":
+        return str(("stopped", "running", "unmerged").index(value))
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_overlapping_pairs_end_in_one_complete_request(tmp_path, kind):
+    persist, requests = KINDS[kind]
+    top = module_process.top_of(module)
+    overlapped = 0
+    for i in range(PAIRS):
+        model = KernelModel.build(str(tmp_path / "ksm{0}".format(i)), "6.8")
+        common = {"sysfs_path": model.root, "lock_file": str(tmp_path / "ksm.lock"), "lock_timeout": 60}
+        if persist:
+            common.update(persist=True, persist_file=str(tmp_path / "tmpfiles.d" / "ksm{0}.conf".format(i)))
+        first, second = requests(i)
+        runs = module_process.overlapping("ksm", [dict(common, **first), dict(common, **second)], top)
+        for run in runs:
+            assert "Traceback" not in run.output, run.output
+            assert not run.failed, (kind, i, run.result.get("msg"), run.stderr)
+        a, b = runs
+        FIGURES["pairs"] += 1
+        overlapped += int(a.start < b.end and b.start < a.end)
+        (earlier, early_req), (later, late_req) = sorted([(a, first), (b, second)], key=lambda r: r[0].end)
+        final = dict(early_req, **late_req)
+        assert tree_values(model, final) == final, (kind, i, "a mix of both requests")
+        assert later.result["after"] == tree_values(model, late_req), (kind, i, "the later run's read-back")
+        shared = [o for o in late_req if o in early_req]
+        assert dict((o, later.result["before"][o]) for o in shared) == dict((o, early_req[o]) for o in shared), (
+            kind, i, "the later run did not see the earlier run's finished values")
+        if persist:
+            FIGURES["persisted"] += 1
+            expected = dict((o, text_of(o, v)) for o, v in final.items())
+            assert drop_in(common["persist_file"], model.root) == expected, (kind, i, "a persisted entry lost")
+            leftovers = [n for n in os.listdir(os.path.dirname(common["persist_file"])) if n.startswith(".")]
+            assert leftovers == [], (kind, i, "temporary files left")
+    FIGURES["overlapped"] += overlapped
+    assert overlapped * 10 >= PAIRS * 9, (
+        "only {0} of {1} pairs overlapped in time: the barrier did not hold".format(overlapped, PAIRS))
+    print("{0}: {1} pairs, {2} overlapped in time".format(kind, PAIRS, overlapped))
+
+
+def test_lock_timeout_names_the_lock_file_and_its_holder(tmp_path):
+    """A run that cannot get the lock within lock_timeout fails with one sentence naming the file and the pid."""
+    import fcntl
+    model = KernelModel.build(str(tmp_path / "ksm"), "6.8")
+    before = model.state()
+    lock = str(tmp_path / "ksm.lock")
+    with open(lock, "w") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        held.write("{0}\n".format(os.getpid()))
+        held.flush()
+        run = module_process.run("ksm", {"sysfs_path": model.root, "lock_file": lock, "lock_timeout": 1,
+                                         "sleep_millisecs": 5}, module_process.top_of(module))
+    assert run.failed and "Traceback" not in run.output, run.output
+    msg = run.result["msg"]
+    assert lock in msg and str(os.getpid()) in msg and "lock_timeout" in msg and "\n" not in msg, msg
+    assert model.state() == before
