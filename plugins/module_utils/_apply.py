@@ -178,6 +178,8 @@ def rollback(ksm, touched, before, written=None):
                 continue
             ksm.write(name, value)
             restored.append("{0}={1}".format(option(name), format_value(name, value)))
+            if name == "advisor_mode" and written is not None:
+                written["pages_to_scan"] = ksm.read("pages_to_scan")  # this write reset it: still ours
         except KsmError as exc:
             failed.append("{0} ({1})".format(option(name), _reason(exc)))
         except Exception as exc:  # a rollback must try every knob

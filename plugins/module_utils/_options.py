@@ -12,9 +12,10 @@ A new knob in ``_sysfs.TUNABLES`` becomes an option here; its DOCUMENTATION entr
 ansible-test's validate-modules and by the module's unit tests. Runs on Python 3.6+.
 """
 
+import os
 import typing as t
 
-from ansible_collections.kvmhost.ksm.plugins.module_utils import _tmpfiles
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _lock, _tmpfiles
 from ansible_collections.kvmhost.ksm.plugins.module_utils._plan import option
 from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
     ADVISOR_MODES,
@@ -53,5 +54,38 @@ def argument_spec():
         persist=dict(type="bool", default=False),
         persist_file=dict(type="path", default=_tmpfiles.DEFAULT_PATH),
         sysfs_path=dict(type="path", default=DEFAULT_ROOT),
+        lock_file=dict(type="path", default=_lock.DEFAULT_PATH),
+        lock_timeout=dict(type="int", default=_lock.DEFAULT_TIMEOUT),
     )
     return spec
+
+
+def normalise_path(path):
+    # type: (str) -> str
+    """An absolute path without '..', '.', doubled or trailing slashes; other paths as they are (refused later)."""
+    if not path or not os.path.isabs(path):
+        return path
+    return "/" + os.path.normpath(path).lstrip("/")
+
+
+def lock_problems(params):
+    # type: (t.Dict[str, t.Any]) -> t.List[str]
+    """Why the host lock cannot be taken with these options (each one sentence)."""
+    found = []  # type: t.List[str]
+    if not params["lock_file"] or not os.path.isabs(params["lock_file"]):
+        found.append("lock_file must be an absolute path, got {0!r}; leave it at {1} or choose another absolute "
+                     "path; nothing was written.".format(params["lock_file"], _lock.DEFAULT_PATH))
+    if params["lock_timeout"] < 0:
+        found.append("lock_timeout is {0}, but it must be 0 (try once) or more seconds; nothing was written."
+                     .format(params["lock_timeout"]))
+    return found
+
+
+def problems(params):
+    # type: (t.Dict[str, t.Any]) -> t.List[str]
+    """Every problem of the options that say how to apply (not the knob values): each one sentence."""
+    found = lock_problems(params)
+    if params["unmerge_timeout"] < 0:
+        found.append("unmerge_timeout is {0}, but it must be 0 (check once) or more seconds; nothing was written."
+                     .format(params["unmerge_timeout"]))
+    return found

@@ -17,8 +17,11 @@ description:
     conflicts such as O(pages_to_scan) with O(advisor_mode=scan-time)); if any part is invalid, nothing is written.
   - Writes happen in a safe order (advisor numbers, O(advisor_mode), O(pages_to_scan), the other knobs,
     O(merge_across_nodes) and O(max_page_sharing), then the run state; C(run=2) first when unmerging) and are read back
-    and verified. If a write fails midway, the values already written are rolled back and the error says what was
-    rolled back.
+    and verified. If a write fails midway (for any reason), the values already written are rolled back and the error
+    says what was rolled back. Rollback restores a knob only while it still holds the value this task wrote; a knob
+    another writer changed meanwhile is left alone and named in the error.
+  - Every problem of a request is reported at once, in one message of one sentence per problem.
+  - Runs on one host apply one after the other; see O(lock_file).
   - O(merge_across_nodes) and O(max_page_sharing) cannot change while pages are merged (the kernel answers C(EBUSY)).
     Without O(allow_unmerge) the module then fails and says how many bytes are merged. With O(allow_unmerge=true) it
     checks that C(MemAvailable) covers the memory unmerging needs, unmerges every page, changes the knob, restores the
@@ -117,13 +120,44 @@ options:
     type: bool
     default: false
   persist_file:
-    description: The systemd-tmpfiles drop-in that O(persist=true) writes.
+    description:
+      - The systemd-tmpfiles drop-in that O(persist=true) writes. Must be an absolute path.
+      - A symbolic link or any other file that is not a regular file at this path is refused before anything is
+        written, in check mode too, and is never read or shown; so is a regular file that holds no tmpfiles lines.
+      - Before any KSM write the module checks that the file can be replaced (its directory exists or can be made
+        and is writable, and neither the file nor the directory has the immutable or append-only attribute). If the
+        final atomic rename still fails, the KSM writes of the task are rolled back.
+      - As for C(systemd-tmpfiles), the first line for a KSM file is the one that applies; the module updates that
+        one, keeps its type (C(w), C(w+), C(w-), ...), drops later lines for the same file and keeps every other line.
     type: path
     default: /etc/tmpfiles.d/kvmhost-ksm.conf
   sysfs_path:
-    description: The KSM sysfs directory. Change it only for tests.
+    description:
+      - The KSM sysfs directory. Change it only for tests.
+      - Must be an absolute path to a directory; it is normalised (no C(..), doubled or trailing slashes) before use,
+        so O(persist_file) never holds relative or duplicate paths.
     type: path
     default: /sys/kernel/mm/ksm
+  lock_file:
+    description:
+      - The lock file of the host lock. Every run of this module holds an exclusive C(flock) on it for its whole
+        read, validate, plan, write, verify and persist sequence, in check mode too (a check that reads while another
+        run writes could report a half-applied state), so overlapping runs on one host apply one after the other.
+      - The holder writes its pid into the file; the lock itself is released by the kernel when the run ends, even
+        when it dies, so a stale file does not block anyone.
+      - The lock is advisory. C(ksmtuned), other tools and a hand-typed C(echo) into C(/sys/kernel/mm/ksm) do not take
+        it. Change it only for tests, or to share one lock between hosts that share one KSM (containers).
+      - Must be an absolute path; its directory is created when missing.
+    type: path
+    default: /run/lock/kvmhost-ksm.lock
+  lock_timeout:
+    description:
+      - Seconds to wait for another run to release O(lock_file), polling every 0.1 s; V(0) tries once. On timeout the
+        module fails, names the lock file and the holder's pid, and writes nothing.
+      - The default covers a typical run including an unmerge of a few GiB; raise it when runs queue up behind long
+        unmerges (see O(unmerge_timeout)).
+    type: int
+    default: 60
 notes:
   - Needs root on the managed host (C(become=true)).
 seealso:
@@ -207,39 +241,55 @@ import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kvmhost.ksm.plugins.module_utils import _apply, _plan, _procfs, _tmpfiles
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _apply, _options, _plan, _procfs, _tmpfiles
+from ansible_collections.kvmhost.ksm.plugins.module_utils._lock import host_lock
 from ansible_collections.kvmhost.ksm.plugins.module_utils._options import argument_spec
-from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import KsmError, Sysfs
+from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import KsmError, Sysfs, normalise_root
 
 Values = _plan.Values
 
 
+def stage(module, path, text):
+    # type: (AnsibleModule, str, str) -> str
+    """The new persist file staged next to path (removed at exit whatever happens), with path's SELinux context."""
+    tmp = _tmpfiles.stage_file(path, text)
+    module.add_cleanup_file(tmp)
+    if module.selinux_enabled():
+        context = module.selinux_context(path) if os.path.exists(path) else module.selinux_default_context(path)
+        module.set_context_if_different(tmp, context, False)
+    return tmp
+
+
 def write(module, ksm, plan, request, current, persist):
     # type: (AnsibleModule, Sysfs, _plan.Plan, Values, Values, t.Optional[_tmpfiles.Change]) -> t.Tuple[Values, bool]
-    """Stage the persist file, write KSM (rolled back on failure), then move the file in place."""
-    tmp = _tmpfiles.stage_file(persist[0], persist[2]) if persist else None
-    after, unmerged = current, False
+    """Stage the persist file, write KSM, then move the file in place; a failure of any step rolls KSM back."""
+    tmp = stage(module, persist[0], persist[2]) if persist else None
     try:
-        if plan.changes(current):
-            after, unmerged = _apply.execute(ksm, plan, request, current, module.params["unmerge_timeout"])
-    except KsmError:
-        if tmp:
+        finish = None  # type: t.Optional[t.Callable[[], None]]
+        if tmp is not None and persist is not None:
+            path, staged = persist[0], tmp
+            finish = lambda: _tmpfiles.replace(staged, path)  # noqa: E731
+        if plan.changes(current) or finish is not None:
+            return _apply.execute(ksm, plan, request, current, module.params["unmerge_timeout"], finish)
+        return current, False
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)
-        raise
-    if tmp and persist:
-        module.atomic_move(tmp, persist[0])
-    return after, unmerged
 
 
-def apply(module, ksm, proc_root=_procfs.PROC_ROOT):
-    # type: (AnsibleModule, Sysfs, str) -> t.Dict[str, t.Any]
-    """Read, validate, plan, write (unless check mode), persist; the result dict."""
+def apply(module, ksm, proc_root=_procfs.PROC_ROOT, problems=None):
+    # type: (AnsibleModule, Sysfs, str, t.Optional[t.List[str]]) -> t.Dict[str, t.Any]
+    """Read, validate, plan, write (unless check mode), persist; the result dict. The caller holds the host lock."""
     params = module.params
     request = _plan.requested(params)
-    current, plan = _apply.prepare(ksm, request, params["allow_unmerge"], proc_root)
+    found = list(problems or [])
+    persist_file = params["persist_file"] if params["persist"] else None
+    if persist_file is not None:
+        found.extend(_tmpfiles.problems(persist_file))
+    current, plan = _apply.prepare(ksm, request, params["allow_unmerge"], proc_root, found)
     for warning in _plan.warnings(request, current, _procfs.processes_named("ksmtuned", proc_root)):
         module.warn(warning)
-    persist = _tmpfiles.change(params["persist_file"], request, ksm.root) if params["persist"] else None
+    persist = _tmpfiles.change(persist_file, request, ksm.root) if persist_file is not None else None
     file_changed = persist is not None and persist[1] != persist[2]
     after, unmerged = dict(current, **request), plan.unmerge
     if not module.check_mode:
@@ -252,13 +302,31 @@ def apply(module, ksm, proc_root=_procfs.PROC_ROOT):
     return result
 
 
+def run(module, proc_root=_procfs.PROC_ROOT):
+    # type: (AnsibleModule, str) -> t.Dict[str, t.Any]
+    """Check the options, then apply under the host lock (check mode too: a read while another run writes could
+    report a half state)."""
+    params = module.params
+    params["sysfs_path"] = normalise_root(params["sysfs_path"])
+    for name in ("persist_file", "lock_file"):
+        params[name] = _options.normalise_path(params[name])
+    found = _options.problems(params)
+    if _options.lock_problems(params):
+        raise KsmError(_plan.refusal(found))
+    with host_lock(params["lock_file"], params["lock_timeout"]):
+        return apply(module, Sysfs(params["sysfs_path"]), proc_root, found)
+
+
 def main():
     # type: () -> None
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     try:
-        result = apply(module, Sysfs(module.params["sysfs_path"]))
+        result = run(module)
     except KsmError as exc:
         module.fail_json(msg=str(exc))
+    except Exception as exc:  # no traceback, whatever the host holds
+        module.fail_json(msg="kvmhost.ksm.ksm stopped on an unexpected {0} in {1}: {2}; report it with the task's "
+                             "arguments.".format(type(exc).__name__, module.params.get("sysfs_path"), exc))
     module.exit_json(**result)
 
 

@@ -89,5 +89,6 @@ def test_stage_file_next_to_the_target(tmp_path):
 
 
 def test_unreadable_persist_file_is_one_sentence(tmp_path):
-    with pytest.raises(KsmError, match="^Cannot read persist_file .*: Is a directory; fix its permissions.$"):
+    with pytest.raises(KsmError, match="^Cannot read persist_file .*: it is a directory, not a file; set "
+                                       "persist_file to a file in it; nothing was written.$"):
         _tmpfiles.read_file(str(tmp_path))

@@ -22,9 +22,13 @@ class Fail(Exception):
     pass
 
 
+LOCK_FILE = []
+
+
 @pytest.fixture(autouse=True)
-def exits(monkeypatch):
+def exits(monkeypatch, tmp_path):
     warned = []
+    LOCK_FILE[:] = [str(tmp_path / "kvmhost-ksm.lock")]  # not the host's lock under /run/lock
 
     def exit_json(self, **result):
         raise Exit(dict(result, warnings=list(warned)))
@@ -40,7 +44,7 @@ def exits(monkeypatch):
 
 def call(args, check=False, diff=False):
     """Run main() and return (ok, result)."""
-    args = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
+    args = dict(dict(lock_file=LOCK_FILE[0]), **dict(args, _ansible_check_mode=check, _ansible_diff=diff))
     with patch_module_args(args):
         try:
             module.main()
