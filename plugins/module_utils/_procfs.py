@@ -234,3 +234,32 @@ def process_source(proc_root=PROC_ROOT):
     if has_process_file("self", "ksm_merging_pages", proc_root):
         return "ksm_merging_pages"
     return None
+
+
+def parse_cgroup_unit(text):
+    # type: (str) -> t.Optional[str]
+    """The systemd unit (service or scope) of a process from /proc/<pid>/cgroup, or None.
+
+    The unified hierarchy's line ('0::/system.slice/libvirtd.service') first, then systemd's named v1 hierarchy
+    ('1:name=systemd:/...'); the innermost path component ending in .service or .scope wins
+    ('/machine.slice/machine-qemu\\x2d1\\x2dweb1.scope/libvirt/emulator' -> 'machine-qemu\\x2d1\\x2dweb1.scope').
+    """
+    paths = {}  # type: t.Dict[str, str]
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            paths.setdefault(parts[1], parts[2])
+    for hierarchy in ("", "name=systemd"):  # hybrid hosts: the unified line may be '0::/'
+        units = [part for part in paths.get(hierarchy, "").split("/") if part.endswith((".service", ".scope"))]
+        if units:
+            return units[-1]
+    return None
+
+
+def process_unit(pid, proc_root=PROC_ROOT):
+    # type: (Pid, str) -> t.Optional[str]
+    """The systemd unit of a process (parse_cgroup_unit), or None when it has none or is gone."""
+    try:
+        return parse_cgroup_unit(read_small(process_path(pid, "cgroup", proc_root)))
+    except (IOError, OSError):
+        return None
