@@ -14,6 +14,7 @@ Every /proc read goes through _procfs. Formulas: the kernel's Documentation/admi
 in the ksm_facts module documentation.
 """
 
+import errno
 import os
 import platform
 import sys
@@ -25,6 +26,8 @@ from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
     DEFAULT_ROOT,
     KNOBS,
     STATISTIC_NAMES,
+    TUNABLES,
+    KsmError,
     Sysfs,
     kernel_release,
 )
@@ -139,34 +142,44 @@ def rmap_item_size(bits):
 
 
 def _ratio(numerator, denominator):
-    # type: (int, int) -> t.Optional[float]
-    if not denominator:
+    # type: (t.Optional[int], t.Optional[int]) -> t.Optional[float]
+    if numerator is None or not denominator:
         return None
     return round(float(numerator) / denominator, 3)
+
+
+def _sum(values):
+    # type: (t.List[t.Optional[int]]) -> t.Optional[int]
+    """The sum, or None when any value is None (a file that could not be read)."""
+    return None if any(v is None for v in values) else sum(t.cast(t.List[int], values))
 
 
 def derive(tunables, statistics, page_size, bits=64):
     # type: (t.Dict[str, t.Any], t.Dict[str, t.Any], int, int) -> Facts
     """The derived figures (kernel Documentation/admin-guide/mm/ksm.rst); every formula is repeated in the module
-    documentation."""
+    documentation. A statistic this kernel does not have counts as 0; one that could not be read (None) makes every
+    figure that needs it None."""
     stat = statistics.get
-    saved_pages = stat("pages_sharing", 0) + stat("ksm_zero_pages", 0)
-    saved_bytes = saved_pages * page_size
-    rmap_items = stat("pages_shared", 0) + stat("pages_sharing", 0) + stat("pages_unshared", 0) + \
-        stat("pages_volatile", 0)
+    saved_pages = _sum([stat("pages_sharing", 0), stat("ksm_zero_pages", 0)])
+    saved_bytes = None if saved_pages is None else saved_pages * page_size
+    rmap_items = _sum([stat("pages_shared", 0), stat("pages_sharing", 0), stat("pages_unshared", 0),
+                       stat("pages_volatile", 0)])
     if "general_profit" in statistics:
         profit_bytes = statistics["general_profit"]
-        profit_source = "general_profit"
+        profit_source = "general_profit"  # type: t.Optional[str]
     else:
-        profit_bytes = saved_bytes - rmap_items * rmap_item_size(bits)
+        profit_bytes = None if saved_bytes is None or rmap_items is None else \
+            saved_bytes - rmap_items * rmap_item_size(bits)
         profit_source = "estimate"
+    if profit_bytes is None:
+        profit_source = None
     pages_to_scan = tunables.get("pages_to_scan")
     sleep = tunables.get("sleep_millisecs")
     scan_rate = None  # type: t.Optional[float]
     if pages_to_scan is not None and sleep:
         scan_rate = round(pages_to_scan * 1000.0 / sleep, 1)
     full_scan_seconds = None  # type: t.Optional[float]
-    if scan_rate:
+    if scan_rate and rmap_items is not None:
         full_scan_seconds = round(rmap_items / scan_rate, 3)
     return {
         "saved_pages": saved_pages,
@@ -179,6 +192,23 @@ def derive(tunables, statistics, page_size, bits=64):
         "scan_rate": scan_rate,
         "full_scan_seconds": full_scan_seconds,
     }
+
+
+def read_values(ksm, names, warn=None):
+    # type: (Sysfs, t.Iterable[str], t.Optional[t.Callable[[str], None]]) -> t.Dict[str, t.Any]
+    """Typed values of the named KSM files this kernel has; a file that cannot be read or parsed becomes None and
+    one warning (naming the file) through warn."""
+    values = {}  # type: t.Dict[str, t.Any]
+    for name in names:
+        try:
+            values[name] = ksm.read(name)
+        except KsmError as exc:
+            if exc.errno == errno.ENOENT:
+                continue
+            values[name] = None
+            if warn is not None:
+                warn("{0}; ksm_facts reports it as null.".format(str(exc).rstrip(".")))
+    return values
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -381,8 +411,10 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
             node_root: str = NODE_ROOT, systemd_root: str = SYSTEMD_ROOT,
             run_command: t.Optional[RunCommand] = None, systemctl: t.Optional[str] = None,
             page_size: t.Optional[int] = None, clock_ticks: t.Optional[int] = None, euid: t.Optional[int] = None,
-            release: t.Optional[str] = None, bits: t.Optional[int] = None) -> Facts:
-    """Everything ansible_facts.ksm holds. Never writes; never fails on a host without KSM."""
+            release: t.Optional[str] = None, bits: t.Optional[int] = None,
+            warn: t.Optional[t.Callable[[str], None]] = None) -> Facts:
+    """Everything ansible_facts.ksm holds. Never writes; never fails on a host without KSM. A KSM file other than
+    run that cannot be read is null, with a warning through warn; an unreadable run makes KSM unavailable."""
     page_size = page_size or _procfs.page_size()
     clock_ticks = clock_ticks or _procfs.clock_ticks()
     release = release or kernel_release()
@@ -397,12 +429,14 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
                            "{0} has no run file: this is not a KSM sysfs directory".format(sysfs_root))
     try:
         names = sorted(os.listdir(sysfs_root))
-        tunables = ksm.read_tunables()
-        statistics = ksm.read_statistics()
-    except (IOError, OSError, ValueError) as exc:
+        state = ksm.read("run")
+    except KsmError as exc:
+        return unavailable(sysfs_root, release, page_size, str(exc).rstrip("."))
+    except (IOError, OSError) as exc:
         return unavailable(sysfs_root, release, page_size,
                            "cannot read {0}: {1}".format(sysfs_root, getattr(exc, "strerror", None) or exc))
-    state = tunables.pop("run")
+    tunables = read_values(ksm, (k.name for k in TUNABLES if k.name != "run"), warn)
+    statistics = read_values(ksm, STATISTIC_NAMES, warn)
     can_write, why_not = writable(sysfs_root, euid)
     scan = scan_proc(proc_root, processes, page_size)
     facts = {

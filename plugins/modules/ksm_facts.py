@@ -14,6 +14,9 @@ description:
     C(merge_across_nodes), the C(ksmd) thread, the KSM services, and the processes (guests) with the most merged pages.
   - Never changes anything. On a kernel without KSM, or when O(sysfs_path) does not exist, it does not fail but
     returns RV(ansible_facts.ksm.available=false) with a RV(ansible_facts.ksm.reason).
+  - A KSM file other than C(run) that cannot be read or parsed is reported as V(null), with a warning that names the
+    file; the host stays RV(ansible_facts.ksm.available=true) while C(run) reads, and every derived figure that needs
+    the missing value is V(null) too. A C(run) file that cannot be read makes KSM unavailable, with a reason naming it.
   - Decides by the files present, never by kernel version (distribution kernels backport).
   - Cheap, so it can run with every fact gathering. It reads the KSM sysfs files, the NUMA node files,
     C(/proc/<pid>/stat) and one per-process KSM file per process in a single pass over C(/proc), the command line of the
@@ -194,7 +197,8 @@ ansible_facts:
         tunables:
           description:
             - Every writable KSM file this kernel has except C(run) (see RV(ansible_facts.ksm.state)), typed; the keys
-              are the option names of M(kvmhost.ksm.ksm). Files the kernel lacks are absent.
+              are the option names of M(kvmhost.ksm.ksm). Files the kernel lacks are absent; a file that cannot be read
+              or parsed is V(null) (with a warning naming it).
           returned: always
           type: dict
           sample:
@@ -248,7 +252,9 @@ ansible_facts:
               description: Seconds one full scan should take under the advisor (6.8+).
               type: int
         statistics:
-          description: Every read-only KSM statistic this kernel has, as integers. Files the kernel lacks are absent.
+          description:
+            - Every read-only KSM statistic this kernel has, as integers. Files the kernel lacks are absent.
+            - A statistic that cannot be read or parsed is V(null), with a warning naming its file.
           returned: always
           type: dict
           sample:
@@ -537,6 +543,7 @@ def main():
         processes=processes,
         run_command=run_command,
         systemctl=module.get_bin_path("systemctl"),
+        warn=module.warn,
     )
     module.exit_json(changed=False, ansible_facts={"ksm": facts})
 
