@@ -53,7 +53,7 @@ UNITS_PYTHONS = {
 # real-systemd test uses.
 nox.options.sessions = [
     "changelog", "docs", "lint", "ruff", "mypy", "build", "importer", "builder",
-    "sanity-2.19", "sanity-2.16", "sanity-2.21", "units-2.19", "units-2.16", "units-2.21",
+    "sanity-2.19", "sanity-2.16", "sanity-2.21", "units-2.19", "units-2.16", "units-2.21", "prometheus",
     "molecule", "pytest", "playbook", "vmlab",
 ]
 nox.options.default_venv_backend = "none"
@@ -334,6 +334,36 @@ for _core in CONTROLLERS:
     sanity(_core)
 for _core in CONTROLLERS:
     units(_core)
+
+
+def host_tools(session: nox.Session, *packages: str) -> None:
+    """Install Debian packages this session needs on the test machine (support.host_packages); skip without."""
+    rc = subprocess.run([sys.executable, str(REPO / "tests" / "support" / "host_packages.py"), *packages],
+                        check=False).returncode
+    if rc == 77:
+        session.skip(f"the host packages {' '.join(packages)} are missing and cannot be installed here")
+    if rc:
+        session.error(f"installing the host packages {' '.join(packages)} failed (exit {rc})")
+
+
+PROMETHEUS = REPO / "extensions" / "prometheus"
+
+
+@step("prometheus", "promtool check rules, promtool test rules (extensions/prometheus), promtool check metrics on "
+                    "this host's KSM metrics")
+def prometheus(session: nox.Session) -> None:
+    host_tools(session, "prometheus")
+    env = venv_env(MAIN)
+    run(session, "promtool", "check", "rules", str(PROMETHEUS / "kvmhost-ksm.rules.yml"), env=env)
+    run(session, "promtool", "test", "rules", str(PROMETHEUS / "tests" / "kvmhost-ksm.test.yml"), env=env)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from ansible_collections.kvmhost.ksm.plugins.module_utils "
+            "import _metrics; sys.exit(_metrics.main(['--stdout', '--mode=static', '--interval=60']))")
+    text = subprocess.run([str(MAIN / "bin" / "python"), "-c", code, collection.collections_dir()], check=True,
+                          capture_output=True, text=True).stdout
+    session.log(f"the collector wrote {len(text.splitlines())} lines on this host")
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    if proc.returncode or not text.strip():
+        session.error(f"promtool check metrics refused this host's KSM metrics: {proc.stdout}{proc.stderr}")
 
 
 @step("molecule", "tests/hosts/run-molecule under the KSM guard")
