@@ -53,8 +53,8 @@ def prepare(ksm, request, allow_unmerge, proc_root=_procfs.PROC_ROOT, problems=N
             current = ksm.read_tunables()
         except KsmError as exc:
             found.append(str(exc))
-    _plan.validate(request, current, ksm.root, release, found)
-    assert current is not None  # validate raised otherwise
+    _plan.validate(request, current, ksm.root, release, found)  # raises unless current was read
+    current = t.cast(Values, current)
     try:
         stats = ksm.read_statistics()
     except KsmError as exc:

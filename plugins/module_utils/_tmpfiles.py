@@ -193,10 +193,10 @@ def problems(path):
     if not os.path.isdir(ancestor):
         return ["Cannot write persist_file {0}: {1} is not a directory, so {2} cannot be made; choose another "
                 "persist_file; nothing was written.".format(path, ancestor, directory)]
-    if mode is not None:
-        found.append(_attribute_problem(path, "persist_file"))
-    found.append(_attribute_problem(ancestor, "The directory"))
-    found = [f for f in found if f]
+    checked = [(path, "persist_file")] if mode is not None else []
+    for problem in (_attribute_problem(p, what) for p, what in checked + [(ancestor, "The directory")]):
+        if problem is not None:
+            found.append(problem)
     if not found and not os.access(ancestor, os.W_OK | os.X_OK):
         err = errno.EROFS if _read_only(ancestor) else errno.EACCES
         remedy = os_remedy(os.path.join(ancestor, "x"), err) or os.strerror(err)

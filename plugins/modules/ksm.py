@@ -264,12 +264,14 @@ def write(module, ksm, plan, request, current, persist):
     # type: (AnsibleModule, Sysfs, _plan.Plan, Values, Values, t.Optional[_tmpfiles.Change]) -> t.Tuple[Values, bool]
     """Stage the persist file, write KSM, then move the file in place; a failure of any step rolls KSM back."""
     tmp = stage(module, persist[0], persist[2]) if persist else None
-    try:
-        finish = None  # type: t.Optional[t.Callable[[], None]]
+
+    def finish():
+        # type: () -> None
         if tmp is not None and persist is not None:
-            path, staged = persist[0], tmp
-            finish = lambda: _tmpfiles.replace(staged, path)  # noqa: E731
-        if plan.changes(current) or finish is not None:
+            _tmpfiles.replace(tmp, persist[0])
+
+    try:
+        if plan.changes(current) or tmp is not None:
             return _apply.execute(ksm, plan, request, current, module.params["unmerge_timeout"], finish)
         return current, False
     finally:
