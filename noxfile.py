@@ -54,7 +54,7 @@ UNITS_PYTHONS = {
 nox.options.sessions = [
     "changelog", "docs", "lint", "ruff", "mypy", "build", "importer", "builder",
     "sanity-2.19", "sanity-2.16", "sanity-2.21", "units-2.19", "units-2.16", "units-2.21", "prometheus",
-    "molecule", "pytest", "playbook", "vmlab",
+    "molecule", "pytest", "playbook", "report", "vmlab",
 ]
 nox.options.default_venv_backend = "none"
 nox.options.error_on_missing_interpreters = False
@@ -404,6 +404,17 @@ def playbook(session: nox.Session) -> None:
             failed.append(f"{core} (the second run reported a change or a failure)")
     if failed:
         session.error(f"./scripts/run failed on ansible-core {', '.join(failed)}")
+
+
+@step("report", "the fleet report playbook on localhost, a host without KSM and an unreachable one; the page in "
+                "headless Chromium (tests/report/check_report.py)")
+def report(session: nox.Session) -> None:
+    rc = stream(session, [str(MAIN / "bin" / "python"), str(REPO / "tests" / "report" / "check_report.py")],
+                venv_env(MAIN))[0]
+    if rc == 77:
+        session.skip("tests/report/check_report.py cannot run here (see its output above)")
+    if rc:
+        session.error(f"tests/report/check_report.py failed (exit {rc})")
 
 
 @step("vmlab", "tests/vmlab/run under the KSM guard")
