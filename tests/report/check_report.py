@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Run the fleet report playbook and check its three files, the HTML page in headless Chromium.
 
-    python3 tests/report/check_report.py [--inventory INV] [--expect HOST=STATUS ...] [--out DIR] [--screenshot PNG]
+    python3 tests/report/check_report.py [--inventory INV] [--expect HOST=STATUS ...] [--expect-guest NAME ...]
+                                         [--out DIR] [--screenshot PNG]
 
 Without --inventory it reports on this machine (localhost), a host whose KSM directory does not exist (no-ksm) and
 a host nobody listens for (gone, ssh to 127.0.0.1 port 9), and expects ok, unavailable and unreachable rows.
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inventory", help="an inventory (default: localhost, no-ksm, gone)")
     parser.add_argument("--expect", action="append", default=[], metavar="HOST=STATUS",
                         help="the status a host's row must have (ok, unavailable, unreachable, failed)")
+    parser.add_argument("--expect-guest", action="append", default=[], metavar="GUEST",
+                        help="a QEMU guest name that must be among the top guests")
     parser.add_argument("--out", help="where the report goes (default: a temporary directory)")
     parser.add_argument("--screenshot", default=str(REPO / "build" / "report" / "ksm-report.png"))
     parser.add_argument("--venv", default=str(REPO / ".venv"))
@@ -211,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                     raise Failed(f"host {host}: expected a row with status {status}, got {row}")
                 if status != "ok" and not row["reason"]:
                     raise Failed(f"host {host} ({status}) has no reason in the report")
+            listed = [g["guest"] for g in report["top_guests"]]
+            for name in args.expect_guest:
+                if name not in listed:
+                    raise Failed(f"guest {name} is not among the top guests {listed}")
             markdown = (out / "ksm-report.md").read_text()
             for host in rows:
                 if f"| {host} |" not in markdown:
