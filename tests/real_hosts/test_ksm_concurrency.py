@@ -1,0 +1,74 @@
+# Copyright (c) kvmhost.ksm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Overlapping runs of kvmhost.ksm.ksm on this machine's real KSM, with the module's default host lock.
+
+Five pairs of module processes (tests/unit/module_process: one process per run, JSON in and out, released from a
+barrier at the same instant) write different values to /sys/kernel/mm/ksm, every other pair with persist (into a
+drop-in under the test's tmp_path). Each pair must end with both runs successful, the real KSM holding the later
+run's complete request where both manage a knob (never a mix), the later run's read-back equal to the kernel's
+values and its before equal to the earlier run's request (it waited for it), and no persisted entry lost. Runs on
+localhost only, under the guard of the ``host`` fixture (KSM saved before, restored after).
+"""
+
+import os
+import typing as t
+
+from conftest import local_only
+from real_host import RealHost
+
+from ansible_collections.kvmhost.ksm.tests.unit import module_process
+
+PAIRS = 5
+OPTION_FILE = {"state": "run"}
+
+
+def requests(i: int) -> tuple[bool, dict[str, t.Any], dict[str, t.Any]]:
+    """(persist, request A, request B) of pair i: the same knobs, or with persist partly different ones."""
+    if i % 2:
+        return True, {"sleep_millisecs": 30 + i, "pages_to_scan": 300 + i}, {"sleep_millisecs": 60 + i,
+                                                                              "use_zero_pages": bool(i % 4 == 1)}
+    return False, {"sleep_millisecs": 30 + i, "pages_to_scan": 300 + i}, {"sleep_millisecs": 60 + i,
+                                                                           "pages_to_scan": 600 + i}
+
+
+def drop_in(path: str) -> dict[str, str]:
+    entries = {}
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0].startswith("w"):
+                entries[os.path.basename(fields[1])] = fields[6]
+    return entries
+
+
+def text_of(value: t.Any) -> str:
+    return ("1" if value else "0") if isinstance(value, bool) else str(value)
+
+
+def test_overlapping_pairs_on_the_real_ksm(host: RealHost, tmp_path: t.Any) -> None:
+    local_only(host, "the pairs run as processes of this machine against its own KSM")
+    top = os.environ["ANSIBLE_COLLECTIONS_PATH"].split(os.pathsep)[0]
+    overlapped = 0
+    for i in range(PAIRS):
+        persist, first, second = requests(i)
+        common: dict[str, t.Any] = {}
+        if persist:
+            common = {"persist": True, "persist_file": str(tmp_path / f"ksm{i}.conf")}
+        runs = module_process.overlapping("ksm", [dict(common, **first), dict(common, **second)], top)
+        for run in runs:
+            assert "Traceback" not in run.output, run.output
+            assert not run.failed, (i, run.result.get("msg"), run.stderr)
+        a, b = runs
+        overlapped += int(a.start < b.end and b.start < a.end)
+        (earlier, early_req), (later, late_req) = sorted([(a, first), (b, second)], key=lambda r: r[0].end)
+        final = dict(early_req, **late_req)
+        assert dict((o, host.sysfs.read(OPTION_FILE.get(o, o))) for o in final) == final, (i, "a mix")
+        assert later.result["after"] == dict((o, final[o]) for o in late_req), (i, "the later run's read-back")
+        shared = [o for o in late_req if o in early_req]
+        assert dict((o, later.result["before"][o]) for o in shared) == dict((o, early_req[o]) for o in shared), (
+            i, "the later run did not wait for the earlier one")
+        if persist:
+            assert drop_in(common["persist_file"]) == dict((o, text_of(v)) for o, v in final.items()), (
+                i, "a persisted entry lost")
+    print(f"real KSM: {PAIRS} overlapping pairs, {overlapped} overlapped in time, none mixed or lost")
+    assert overlapped * 10 >= PAIRS * 8, f"only {overlapped} of {PAIRS} pairs overlapped in time"
