@@ -13,10 +13,9 @@ localhost only, under the guard of the ``host`` fixture (KSM saved before, resto
 import os
 import typing as t
 
+from ansible_collections.kvmhost.ksm.tests.unit import module_process
 from conftest import local_only
 from real_host import RealHost
-
-from ansible_collections.kvmhost.ksm.tests.unit import module_process
 
 PAIRS = 5
 OPTION_FILE = {"state": "run"}
