@@ -121,8 +121,8 @@ def host_row(host, result):
     row.update(ROW.search(facts))
     row["mode"] = _mode(row)
     row["ksmtuned_running"] = bool(row["ksmtuned_pids"])
-    row["ksmtuned_fighting"] = len(row["ksmtuned_pids"]) > 1 or (row["ksmtuned_running"]
-                                                                  and row["advisor_mode"] == "scan-time")
+    both = row["ksmtuned_running"] and row["advisor_mode"] == "scan-time"  # both set pages_to_scan
+    row["ksmtuned_fighting"] = len(row["ksmtuned_pids"]) > 1 or both
     recommended = row["recommended_merge_across_nodes"]
     row["numa_ok"] = None if recommended is None else row["merge_across_nodes"] == recommended
     row["advisor_stalled"] = (row["advisor_mode"] == "scan-time" and row["state"] == "running"

@@ -45,17 +45,17 @@ class Family(t.NamedTuple):
 # statistic file -> its family. Counters only where the kernel counts up (full_scans restarts at run=2).
 STATISTICS = {
     "pages_shared": Family("shared_pages", "gauge", "KSM pages in use, the copies kept (pages_shared)."),
-    "pages_sharing": Family("sharing_pages", "gauge", "Further mappings of the KSM pages, the pages saved "
-                                                     "(pages_sharing)."),
+    "pages_sharing": Family("sharing_pages", "gauge",
+                            "Further mappings of the KSM pages, the pages saved (pages_sharing)."),
     "pages_unshared": Family("unshared_pages", "gauge", "Unique pages checked repeatedly (pages_unshared)."),
     "pages_volatile": Family("volatile_pages", "gauge", "Pages changing too fast to merge (pages_volatile)."),
     "full_scans": Family("full_scans_total", "counter", "Completed full scans; restarts at run=2 (full_scans)."),
-    "stable_node_chains": Family("stable_node_chains", "gauge", "KSM pages that reached max_page_sharing "
-                                                               "(stable_node_chains)."),
-    "stable_node_dups": Family("stable_node_dups", "gauge", "Duplicated KSM pages in those chains "
-                                                           "(stable_node_dups)."),
-    "general_profit": Family("general_profit_bytes", "gauge", "Bytes saved minus KSM's metadata cost, signed, as "
-                                                             "the kernel reports it (general_profit)."),
+    "stable_node_chains": Family("stable_node_chains", "gauge",
+                                 "KSM pages that reached max_page_sharing (stable_node_chains)."),
+    "stable_node_dups": Family("stable_node_dups", "gauge", "Duplicated KSM pages in those chains (stable_node_dups)."),
+    "general_profit": Family("general_profit_bytes", "gauge",
+                             "Bytes saved minus KSM's metadata cost, signed, as the kernel reports it "
+                             "(general_profit)."),
     "ksm_zero_pages": Family("zero_pages", "gauge", "Empty pages merged with the kernel zero page (ksm_zero_pages)."),
     "pages_scanned": Family("scanned_pages_total", "counter", "Pages scanned since boot (pages_scanned)."),
     "pages_skipped": Family("skipped_pages_total", "counter", "Pages skipped by smart scan (pages_skipped)."),
@@ -64,29 +64,28 @@ STATISTICS = {
 # tunable file -> its family and the factor to the family's unit (milliseconds and percent to base units).
 TUNABLES = {
     "pages_to_scan": (Family("scan_batch_pages", "gauge", "Pages scanned per ksmd wake-up (pages_to_scan)."), 1),
-    "sleep_millisecs": (Family("sleep_seconds", "gauge", "Time ksmd sleeps between batches (sleep_millisecs)."),
-                        0.001),
-    "merge_across_nodes": (Family("merge_across_nodes", "gauge", "1 when pages merge across NUMA nodes "
-                                                                "(merge_across_nodes)."), 1),
-    "use_zero_pages": (Family("use_zero_pages", "gauge", "1 when empty pages merge with the kernel zero page "
-                                                        "(use_zero_pages)."), 1),
+    "sleep_millisecs": (Family("sleep_seconds", "gauge", "Time ksmd sleeps between batches (sleep_millisecs)."), 0.001),
+    "merge_across_nodes": (Family("merge_across_nodes", "gauge",
+                                  "1 when pages merge across NUMA nodes (merge_across_nodes)."), 1),
+    "use_zero_pages": (Family("use_zero_pages", "gauge",
+                              "1 when empty pages merge with the kernel zero page (use_zero_pages)."), 1),
     "max_page_sharing": (Family("max_page_sharing", "gauge", "Most mappings of one KSM page (max_page_sharing)."), 1),
     "stable_node_chains_prune_millisecs": (
-        Family("stable_node_chains_prune_seconds", "gauge", "How often stale stable node chains are pruned "
-                                                            "(stable_node_chains_prune_millisecs)."), 0.001),
-    "smart_scan": (Family("smart_scan", "gauge", "1 when pages that repeatedly failed to merge are skipped "
-                                                "(smart_scan)."), 1),
-    "advisor_max_cpu": (Family("advisor_max_cpu_ratio", "gauge", "Most CPU the scan-time advisor lets ksmd use, "
-                                                                "1 = one core (advisor_max_cpu / 100)."), 0.01),
-    "advisor_min_pages_to_scan": (Family("advisor_min_scan_batch_pages", "gauge", "Initial pages_to_scan of the "
-                                                                                 "advisor (advisor_min_pages_to_scan)."),
+        Family("stable_node_chains_prune_seconds", "gauge",
+               "How often stale stable node chains are pruned (stable_node_chains_prune_millisecs)."), 0.001),
+    "smart_scan": (Family("smart_scan", "gauge",
+                          "1 when pages that repeatedly failed to merge are skipped (smart_scan)."), 1),
+    "advisor_max_cpu": (Family("advisor_max_cpu_ratio", "gauge",
+                               "Most CPU the scan-time advisor lets ksmd use, 1 = one core (advisor_max_cpu / 100)."),
+                        0.01),
+    "advisor_min_pages_to_scan": (Family("advisor_min_scan_batch_pages", "gauge",
+                                         "Initial pages_to_scan of the advisor (advisor_min_pages_to_scan)."), 1),
+    "advisor_max_pages_to_scan": (Family("advisor_max_scan_batch_pages", "gauge",
+                                         "Upper limit of pages_to_scan under the advisor (advisor_max_pages_to_scan)."),
                                   1),
-    "advisor_max_pages_to_scan": (Family("advisor_max_scan_batch_pages", "gauge", "Upper limit of pages_to_scan under "
-                                                                                 "the advisor "
-                                                                                 "(advisor_max_pages_to_scan)."), 1),
-    "advisor_target_scan_time": (Family("advisor_target_scan_time_seconds", "gauge", "Time one full scan should "
-                                                                                    "take under the advisor "
-                                                                                    "(advisor_target_scan_time)."), 1),
+    "advisor_target_scan_time": (Family("advisor_target_scan_time_seconds", "gauge",
+                                        "Time one full scan should take under the advisor (advisor_target_scan_time)."),
+                                 1),
 }
 
 HOST = (
@@ -103,23 +102,23 @@ HOST = (
     Family("ksmd_cpu_seconds_total", "counter", "CPU time the ksmd kernel thread used since boot."),
     Family("ksmtuned_running", "gauge", "Number of ksmtuned processes running."),
     Family("numa_memory_nodes", "gauge", "NUMA nodes with memory."),
-    Family("recommended_merge_across_nodes", "gauge", "The merge_across_nodes the RHEL guidance recommends: 0 with "
-                                                      "more than one memory node, else 1."),
+    Family("recommended_merge_across_nodes", "gauge",
+           "The merge_across_nodes the RHEL guidance recommends: 0 with more than one memory node, else 1."),
     Family("multi_tenant", "gauge", "1 when the host is marked multi-tenant (role variable ksm_metrics_multi_tenant)."),
     Family("page_size_bytes", "gauge", "The host's page size."),
-    Family("collect_interval_seconds", "gauge", "How often this file is rewritten (role variable "
-                                                "ksm_metrics_interval)."),
+    Family("collect_interval_seconds", "gauge",
+           "How often this file is rewritten (role variable ksm_metrics_interval)."),
     Family("collect_timestamp_seconds", "gauge", "When this file was written, seconds since the epoch."),
 )
 
 PROCESS = (
-    ("merged_bytes", Family("process_merged_bytes", "gauge", "Memory of a process backed by KSM pages, "
-                                                            "(ksm_merging_pages + ksm_zero_pages) x page size; "
-                                                            "top processes only.")),
-    ("profit_bytes", Family("process_profit_bytes", "gauge", "Net saving of a process (ksm_process_profit), signed; "
-                                                            "top processes only.")),
-    ("rmap_items", Family("process_rmap_items", "gauge", "Pages of a process KSM tracks (ksm_rmap_items); top "
-                                                        "processes only.")),
+    ("merged_bytes", Family("process_merged_bytes", "gauge",
+                            "Memory of a process backed by KSM pages, (ksm_merging_pages + ksm_zero_pages) x "
+                            "page size; top processes only.")),
+    ("profit_bytes", Family("process_profit_bytes", "gauge",
+                            "Net saving of a process (ksm_process_profit), signed; top processes only.")),
+    ("rmap_items", Family("process_rmap_items", "gauge",
+                          "Pages of a process KSM tracks (ksm_rmap_items); top processes only.")),
 )
 
 
