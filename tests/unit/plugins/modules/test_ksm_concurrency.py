@@ -33,7 +33,8 @@ KINDS = {  # kind -> (persist, requests of run A and run B for pair i)
                                                     {"sleep_millisecs": 200 + i, "smart_scan": False})),
 }
 OPTION_FILE = {"state": "run"}
-FIGURES = {"pairs": 0, "overlapped": 0, "persisted": 0}
+ATTEMPTS = 5  # per pair, until its two runs overlap in time
+FIGURES = {"pairs": 0, "runs": 0}
 
 
 def tree_values(model, request):
@@ -61,41 +62,50 @@ def text_of(option, value):
     return str(value)
 
 
+def one_pair(tmp_path, name, persist, first, second, top):
+    """Run one overlapping pair on a fresh tree, check everything it must end with; whether it overlapped."""
+    model = KernelModel.build(str(tmp_path / name), "6.8")
+    common = {"sysfs_path": model.root, "lock_file": str(tmp_path / "ksm.lock"), "lock_timeout": 60}
+    if persist:
+        common.update(persist=True, persist_file=str(tmp_path / "tmpfiles.d" / "{0}.conf".format(name)))
+    runs = module_process.overlapping("ksm", [dict(common, **first), dict(common, **second)], top)
+    for run in runs:
+        assert "Traceback" not in run.output, run.output
+        assert not run.failed, (name, run.result.get("msg"), run.stderr)
+    a, b = runs
+    (earlier, early_req), (later, late_req) = sorted([(a, first), (b, second)], key=lambda r: r[0].end)
+    final = dict(early_req, **late_req)
+    assert tree_values(model, final) == final, (name, "a mix of both requests")
+    assert later.result["after"] == tree_values(model, late_req), (name, "the later run's read-back")
+    shared = [o for o in late_req if o in early_req]
+    assert dict((o, later.result["before"][o]) for o in shared) == dict((o, early_req[o]) for o in shared), (
+        name, "the later run did not see the earlier run's finished values")
+    if persist:
+        expected = dict((o, text_of(o, v)) for o, v in final.items())
+        assert drop_in(common["persist_file"], model.root) == expected, (name, "a persisted entry lost")
+        leftovers = [n for n in os.listdir(os.path.dirname(common["persist_file"])) if n.startswith(".")]
+        assert leftovers == [], (name, "temporary files left")
+    return a.start < b.end and b.start < a.end
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_overlapping_pairs_end_in_one_complete_request(tmp_path, kind):
+    """PAIRS pairs that overlapped in time; a pair the scheduler let run one after the other (a loaded machine)
+    is checked all the same, and repeated, up to ATTEMPTS times, until it overlaps."""
     persist, requests = KINDS[kind]
     top = module_process.top_of(module)
-    overlapped = 0
+    attempts = 0
     for i in range(PAIRS):
-        model = KernelModel.build(str(tmp_path / "ksm{0}".format(i)), "6.8")
-        common = {"sysfs_path": model.root, "lock_file": str(tmp_path / "ksm.lock"), "lock_timeout": 60}
-        if persist:
-            common.update(persist=True, persist_file=str(tmp_path / "tmpfiles.d" / "ksm{0}.conf".format(i)))
-        first, second = requests(i)
-        runs = module_process.overlapping("ksm", [dict(common, **first), dict(common, **second)], top)
-        for run in runs:
-            assert "Traceback" not in run.output, run.output
-            assert not run.failed, (kind, i, run.result.get("msg"), run.stderr)
-        a, b = runs
-        FIGURES["pairs"] += 1
-        overlapped += int(a.start < b.end and b.start < a.end)
-        (earlier, early_req), (later, late_req) = sorted([(a, first), (b, second)], key=lambda r: r[0].end)
-        final = dict(early_req, **late_req)
-        assert tree_values(model, final) == final, (kind, i, "a mix of both requests")
-        assert later.result["after"] == tree_values(model, late_req), (kind, i, "the later run's read-back")
-        shared = [o for o in late_req if o in early_req]
-        assert dict((o, later.result["before"][o]) for o in shared) == dict((o, early_req[o]) for o in shared), (
-            kind, i, "the later run did not see the earlier run's finished values")
-        if persist:
-            FIGURES["persisted"] += 1
-            expected = dict((o, text_of(o, v)) for o, v in final.items())
-            assert drop_in(common["persist_file"], model.root) == expected, (kind, i, "a persisted entry lost")
-            leftovers = [n for n in os.listdir(os.path.dirname(common["persist_file"])) if n.startswith(".")]
-            assert leftovers == [], (kind, i, "temporary files left")
-    FIGURES["overlapped"] += overlapped
-    assert overlapped * 10 >= PAIRS * 9, (
-        "only {0} of {1} pairs overlapped in time: the barrier did not hold".format(overlapped, PAIRS))
-    print("{0}: {1} pairs, {2} overlapped in time".format(kind, PAIRS, overlapped))
+        for attempt in range(ATTEMPTS):
+            attempts += 1
+            if one_pair(tmp_path, "ksm{0}.{1}".format(i, attempt), persist, *requests(i), top=top):
+                break
+        else:
+            pytest.fail("pair {0} never overlapped in time in {1} attempts: the barrier did not hold".format(
+                i, ATTEMPTS))
+    FIGURES["pairs"] += PAIRS
+    FIGURES["runs"] += 2 * attempts
+    print("{0}: {1} overlapping pairs ({2} attempts), none mixed, none lost".format(kind, PAIRS, attempts))
 
 
 def test_lock_timeout_names_the_lock_file_and_its_holder(tmp_path):
