@@ -53,7 +53,13 @@ def _open(path):
         directory = os.path.dirname(path)
         if not os.path.isdir(directory):
             os.makedirs(directory, 0o755)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        flags = os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.path.isfile(path):
+                raise
+            return os.open(path, os.O_RDONLY | flags)  # flock needs no write access (non-root check mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             remedy = "it is a symbolic link, which is never followed; remove the link or choose another lock_file"
