@@ -136,7 +136,8 @@ def wait_booted(name: str, pid: int, deadline: float) -> None:
         fail(f"container {name} did not start (see {cdir(name)}/log):\n{tail}")
     state = "timeout"
     while time.monotonic() < deadline:
-        # Right after the start the container's systemd has no bus socket yet ("offline"): retry until it answers.
+        # Right after the start the container's systemd has no bus socket yet ("offline"; systemctl 252 says "Failed
+        # to connect to bus", 257 "Failed to connect to system scope bus"): retry until it answers.
         try:
             res = subprocess.run(["nsenter", "-t", str(lead), "-a", "systemctl", "is-system-running", "--wait"],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
@@ -144,7 +145,7 @@ def wait_booted(name: str, pid: int, deadline: float) -> None:
         except subprocess.TimeoutExpired:
             break
         state = res.stdout.strip()
-        if "Failed to connect to bus" not in state and state not in ("offline", "unknown", ""):
+        if "Failed to connect to" not in state and state not in ("offline", "unknown", ""):
             break
         time.sleep(0.2)
     if state != "running":
