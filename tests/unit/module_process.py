@@ -8,7 +8,7 @@ ansible-core's own entry for that, used by its test-module tool).
 ``run(module, args, collections_top, ...)`` runs one and returns a ``Run`` (rc, result, stdout, stderr, start, end).
 ``overlapping(module, [args, ...], collections_top, ...)`` starts one process per args list, lets each import
 everything, holds them at a barrier and releases them at the same instant, so the module bodies really overlap
-(on a 2-core machine within about a millisecond). ``top_of(module)`` is the directory holding ansible_collections/
+(on a 2-core machine within about a millisecond). ``in_order(pair)`` tells which run of a pair went first. ``top_of(module)`` is the directory holding ansible_collections/
 for an imported module of the collection (unit tests), a real-host test passes ANSIBLE_COLLECTIONS_PATH's first
 entry. Python 3.6+ (ansible-test runs the unit tests on 3.6 too).
 """
@@ -61,6 +61,25 @@ class Run(t.NamedTuple):
     def failed(self):
         # type: () -> bool
         return self.rc != 0 or bool(self.result.get("failed")) or not self.result
+
+
+def in_order(pair):
+    # type: (t.Sequence[t.Tuple[Run, t.Dict[str, t.Any]]]) -> t.List[t.Tuple[Run, t.Dict[str, t.Any]]]
+    """Two (run, request) of an overlapping pair as [earlier, later]: the later run's before holds the earlier
+    run's request for the options both manage (it saw the finished state). Without shared options, by end time.
+    AssertionError when neither or both saw the other's values: the runs were not one after the other."""
+    (a, request_a), (b, request_b) = pair
+    shared = [o for o in request_a if o in request_b]
+    if not shared:
+        return sorted(pair, key=lambda item: item[0].end)
+    b_saw_a = all(b.result.get("before", {}).get(o) == request_a[o] for o in shared)
+    a_saw_b = all(a.result.get("before", {}).get(o) == request_b[o] for o in shared)
+    if b_saw_a == a_saw_b:
+        raise AssertionError("of two overlapping runs, {0} saw the other's finished values for {1} (before: {2!r} and "
+                             "{3!r}): they did not run one after the other".format(
+                                 "both" if b_saw_a else "neither", ", ".join(shared), a.result.get("before"),
+                                 b.result.get("before")))
+    return [(a, request_a), (b, request_b)] if b_saw_a else [(b, request_b), (a, request_a)]
 
 
 def top_of(imported):
