@@ -35,8 +35,11 @@ EBUSY_DELAY = 0.2  # seconds between attempts: stable nodes of exiting processes
 Record = t.Dict[str, Value]  # knob -> the value this run wrote last (what rollback may still call its own)
 
 
-def prepare(ksm, request, allow_unmerge, proc_root=_procfs.PROC_ROOT, problems=None):
-    # type: (Sysfs, Values, bool, str, t.Optional[t.List[str]]) -> t.Tuple[Values, Plan]
+def prepare(ksm: Sysfs,
+            request: Values,
+            allow_unmerge: bool,
+            proc_root: str = _procfs.PROC_ROOT,
+            problems: t.Optional[t.List[str]] = None) -> t.Tuple[Values, Plan]:
     """Read the current values, validate the whole request against them and plan; (current, plan). Writes nothing.
 
     problems: what the caller already found wrong with its other options; reported in the same message as the
@@ -44,7 +47,7 @@ def prepare(ksm, request, allow_unmerge, proc_root=_procfs.PROC_ROOT, problems=N
     """
     found = list(problems or [])
     release = _sysfs.kernel_release()
-    current = None  # type: t.Optional[Values]
+    current: t.Optional[Values] = None
     broken = _sysfs.root_problem(ksm.root)
     if broken is not None:
         found.append(broken)
@@ -65,9 +68,9 @@ def prepare(ksm, request, allow_unmerge, proc_root=_procfs.PROC_ROOT, problems=N
     return current, plan
 
 
-def converge(ksm, request, allow_unmerge=True, timeout=120.0, proc_root=_procfs.PROC_ROOT, lock_file=None,
-             lock_timeout=DEFAULT_TIMEOUT):
-    # type: (Sysfs, Values, bool, float, str, t.Optional[str], float) -> t.Tuple[Values, Values, bool]
+def converge(ksm: Sysfs, request: Values, allow_unmerge: bool = True, timeout: float = 120.0,
+             proc_root: str = _procfs.PROC_ROOT, lock_file: t.Optional[str] = None,
+             lock_timeout: float = DEFAULT_TIMEOUT) -> t.Tuple[Values, Values, bool]:
     """Make KSM under ksm.root hold the requested values; (before, after, unmerged). Raises KsmError.
 
     With lock_file, the whole sequence holds the host lock (waiting at most lock_timeout seconds); without it, no lock.
@@ -80,8 +83,7 @@ def converge(ksm, request, allow_unmerge=True, timeout=120.0, proc_root=_procfs.
         return before, after, unmerged
 
 
-def _write(ksm, name, value, written):
-    # type: (Sysfs, str, Value, Record) -> None
+def _write(ksm: Sysfs, name: str, value: Value, written: Record) -> None:
     """Write and record the value as this run's; after a failed write, what the kernel left is this run's too
     (a failed unmerge leaves run stopped)."""
     try:
@@ -95,8 +97,7 @@ def _write(ksm, name, value, written):
     written[name] = value
 
 
-def _write_busy(ksm, name, value, plan, timeout, written):
-    # type: (Sysfs, str, Value, Plan, float, Record) -> bool
+def _write_busy(ksm: Sysfs, name: str, value: Value, plan: Plan, timeout: float, written: Record) -> bool:
     """Write an EBUSY knob, retrying a transient EBUSY; returns whether it had to unmerge."""
     unmerged = False
     for attempt in range(EBUSY_ATTEMPTS):
@@ -113,8 +114,7 @@ def _write_busy(ksm, name, value, plan, timeout, written):
     return unmerged
 
 
-def _unmerge(ksm, timeout, written):
-    # type: (Sysfs, float, Record) -> None
+def _unmerge(ksm: Sysfs, timeout: float, written: Record) -> None:
     _write(ksm, "run", "unmerged", written)
     if not ksm.wait_unmerged(timeout):
         raise KsmError("Cannot unmerge KSM pages in {0}: pages_shared was still {1} after unmerge_timeout={2} s; "
@@ -122,12 +122,16 @@ def _unmerge(ksm, timeout, written):
                            ksm.root, ksm.read("pages_shared"), timeout), errno.ETIMEDOUT)
 
 
-def execute(ksm, plan, request, before, timeout, finish=None):
-    # type: (Sysfs, Plan, Values, Values, float, t.Optional[t.Callable[[], None]]) -> t.Tuple[Values, bool]
+def execute(ksm: Sysfs,
+            plan: Plan,
+            request: Values,
+            before: Values,
+            timeout: float,
+            finish: t.Optional[t.Callable[[], None]] = None) -> t.Tuple[Values, bool]:
     """Write the plan, read back and verify, then call finish (the persist file's move); on any failure of these,
     roll back what this run wrote and raise one KsmError. Returns (after, unmerged)."""
-    touched = []  # type: t.List[str]
-    written = {}  # type: Record
+    touched: t.List[str] = []
+    written: Record = {}
     unmerged = False
     try:
         if plan.first is not None:
@@ -162,11 +166,15 @@ def execute(ksm, plan, request, before, timeout, finish=None):
     return after, unmerged
 
 
-def rollback(ksm, touched, before, written=None):
-    # type: (Sysfs, t.List[str], Values, t.Optional[Record]) -> t.Tuple[t.List[str], t.List[str], t.List[str]]
+def rollback(ksm: Sysfs,
+             touched: t.List[str],
+             before: Values,
+             written: t.Optional[Record] = None) -> t.Tuple[t.List[str], t.List[str], t.List[str]]:
     """Put touched knobs back while they still hold what this run wrote (written; None: treat every touched knob
     as ours). Returns (restored names, failures as 'name (reason)', knobs left alone as 'name (value)')."""
-    restored, failed, foreign = [], [], []  # type: t.List[str], t.List[str], t.List[str]
+    restored: t.List[str] = []
+    failed: t.List[str] = []
+    foreign: t.List[str] = []
     for name, value in _plan.rollback_writes(touched, before):
         try:
             now = ksm.read(name)
@@ -187,13 +195,11 @@ def rollback(ksm, touched, before, written=None):
     return restored, failed, foreign
 
 
-def _reason(exc):
-    # type: (KsmError) -> str
+def _reason(exc: KsmError) -> str:
     return os.strerror(exc.errno) if exc.errno else str(exc).rstrip(".")
 
 
-def _with_rollback(message, outcome):
-    # type: (str, t.Tuple[t.List[str], t.List[str], t.List[str]]) -> str
+def _with_rollback(message: str, outcome: t.Tuple[t.List[str], t.List[str], t.List[str]]) -> str:
     restored, failed, foreign = outcome
     message = message.rstrip(".")
     if restored:

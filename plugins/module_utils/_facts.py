@@ -47,10 +47,9 @@ RunCommand = t.Callable[[t.List[str]], t.Tuple[int, str, str]]
 # Pure parsers
 
 
-def parse_range_list(text):
-    # type: (str) -> t.List[int]
+def parse_range_list(text: str) -> t.List[int]:
     """A kernel range list such as '0-1,3' (has_memory, online) -> [0, 1, 3]; '' -> []."""
-    result = []  # type: t.List[int]
+    result: t.List[int] = []
     for part in text.strip().split(","):
         part = part.strip()
         if not part:
@@ -63,11 +62,10 @@ def parse_range_list(text):
     return result
 
 
-def _split_qemu_opts(text):
-    # type: (str) -> t.List[str]
+def _split_qemu_opts(text: str) -> t.List[str]:
     """Split a QEMU option string on ',' where ',,' is an escaped comma."""
-    parts = []  # type: t.List[str]
-    current = []  # type: t.List[str]
+    parts: t.List[str] = []
+    current: t.List[str] = []
     i = 0
     while i < len(text):
         if text[i] == ",":
@@ -84,8 +82,7 @@ def _split_qemu_opts(text):
     return parts
 
 
-def qemu_guest_name(argv):
-    # type: (t.List[str]) -> t.Optional[str]
+def qemu_guest_name(argv: t.List[str]) -> t.Optional[str]:
     """The guest name of a QEMU command line: '-name guest=foo,debug-threads=on' or '-name foo' -> 'foo'."""
     for i, arg in enumerate(argv[1:], 1):
         if arg not in ("-name", "--name") or i + 1 >= len(argv):
@@ -101,8 +98,7 @@ def qemu_guest_name(argv):
     return None
 
 
-def is_qemu(comm, argv):
-    # type: (str, t.List[str]) -> bool
+def is_qemu(comm: str, argv: t.List[str]) -> bool:
     """QEMU by command name (qemu-system-x86, qemu-kvm, qemu:<name>, Proxmox kvm) or by argv[0]."""
     names = [comm]
     if argv:
@@ -110,11 +106,10 @@ def is_qemu(comm, argv):
     return any(n.startswith("qemu") or n == "kvm" for n in names)
 
 
-def parse_systemctl_show(text):
-    # type: (str) -> t.Dict[str, t.Dict[str, str]]
+def parse_systemctl_show(text: str) -> t.Dict[str, t.Dict[str, str]]:
     """Output of 'systemctl show -p Id,... unit...' (blocks separated by empty lines) -> {Id: {property: value}}."""
-    units = {}  # type: t.Dict[str, t.Dict[str, str]]
-    block = {}  # type: t.Dict[str, str]
+    units: t.Dict[str, t.Dict[str, str]] = {}
+    block: t.Dict[str, str] = {}
     for line in text.splitlines() + [""]:
         if not line.strip():
             if block.get("Id"):
@@ -126,8 +121,7 @@ def parse_systemctl_show(text):
     return units
 
 
-def word_bits(machine=None):
-    # type: (t.Optional[str]) -> int
+def word_bits(machine: t.Optional[str] = None) -> int:
     """64 on a 64-bit kernel (x86_64, aarch64, ppc64le, s390x, riscv64, ...), else 32."""
     machine = platform.machine() if machine is None else machine
     if machine:
@@ -135,27 +129,23 @@ def word_bits(machine=None):
     return 64 if sys.maxsize > 2 ** 32 else 32
 
 
-def rmap_item_size(bits):
-    # type: (int) -> int
+def rmap_item_size(bits: int) -> int:
     """sizeof(struct ksm_rmap_item): 64 bytes on 64-bit kernels, 32 on 32-bit (ksm.rst)."""
     return 64 if bits == 64 else 32
 
 
-def _ratio(numerator, denominator):
-    # type: (t.Optional[int], t.Optional[int]) -> t.Optional[float]
+def _ratio(numerator: t.Optional[int], denominator: t.Optional[int]) -> t.Optional[float]:
     if numerator is None or not denominator:
         return None
     return round(float(numerator) / denominator, 3)
 
 
-def _sum(values):
-    # type: (t.List[t.Optional[int]]) -> t.Optional[int]
+def _sum(values: t.List[t.Optional[int]]) -> t.Optional[int]:
     """The sum, or None when any value is None (a file that could not be read)."""
     return None if any(v is None for v in values) else sum(t.cast(t.List[int], values))
 
 
-def derive(tunables, statistics, page_size, bits=64):
-    # type: (t.Dict[str, t.Any], t.Dict[str, t.Any], int, int) -> Facts
+def derive(tunables: t.Dict[str, t.Any], statistics: t.Dict[str, t.Any], page_size: int, bits: int = 64) -> Facts:
     """The derived figures (kernel Documentation/admin-guide/mm/ksm.rst); every formula is repeated in the module
     documentation. A statistic this kernel does not have counts as 0; one that could not be read (None) makes every
     figure that needs it None."""
@@ -166,7 +156,7 @@ def derive(tunables, statistics, page_size, bits=64):
                        stat("pages_volatile", 0)])
     if "general_profit" in statistics:
         profit_bytes = statistics["general_profit"]
-        profit_source = "general_profit"  # type: t.Optional[str]
+        profit_source: t.Optional[str] = "general_profit"
     else:
         profit_bytes = None if saved_bytes is None or rmap_items is None else \
             saved_bytes - rmap_items * rmap_item_size(bits)
@@ -175,10 +165,10 @@ def derive(tunables, statistics, page_size, bits=64):
         profit_source = None
     pages_to_scan = tunables.get("pages_to_scan")
     sleep = tunables.get("sleep_millisecs")
-    scan_rate = None  # type: t.Optional[float]
+    scan_rate: t.Optional[float] = None
     if pages_to_scan is not None and sleep:
         scan_rate = round(pages_to_scan * 1000.0 / sleep, 1)
-    full_scan_seconds = None  # type: t.Optional[float]
+    full_scan_seconds: t.Optional[float] = None
     if scan_rate and rmap_items is not None:
         full_scan_seconds = round(rmap_items / scan_rate, 3)
     return {
@@ -194,11 +184,12 @@ def derive(tunables, statistics, page_size, bits=64):
     }
 
 
-def read_values(ksm, names, warn=None):
-    # type: (Sysfs, t.Iterable[str], t.Optional[t.Callable[[str], None]]) -> t.Dict[str, t.Any]
+def read_values(ksm: Sysfs,
+                names: t.Iterable[str],
+                warn: t.Optional[t.Callable[[str], None]] = None) -> t.Dict[str, t.Any]:
     """Typed values of the named KSM files this kernel has; a file that cannot be read or parsed becomes None and
     one warning (naming the file) through warn."""
-    values = {}  # type: t.Dict[str, t.Any]
+    values: t.Dict[str, t.Any] = {}
     for name in names:
         try:
             values[name] = ksm.read(name)
@@ -215,8 +206,7 @@ def read_values(ksm, names, warn=None):
 # Collectors
 
 
-def writable(root=DEFAULT_ROOT, euid=None):
-    # type: (str, t.Optional[int]) -> t.Tuple[bool, str]
+def writable(root: str = DEFAULT_ROOT, euid: t.Optional[int] = None) -> t.Tuple[bool, str]:
     """Whether KSM under root can be changed from here, and why not. Never writes to find out."""
     euid = os.geteuid() if euid is None else euid
     run = os.path.join(root, "run")
@@ -232,16 +222,15 @@ def writable(root=DEFAULT_ROOT, euid=None):
     return True, ""
 
 
-def numa_facts(node_root=NODE_ROOT, merge_across_nodes=None):
-    # type: (str, t.Optional[bool]) -> Facts
+def numa_facts(node_root: str = NODE_ROOT, merge_across_nodes: t.Optional[bool] = None) -> Facts:
     """Nodes, memory nodes and distances, and the merge_across_nodes value the RHEL guidance recommends.
 
     Recommendation: false with more than one memory node, else true; None where the kernel has no
     merge_across_nodes file (merge_across_nodes is None: a kernel without CONFIG_NUMA).
     """
-    facts = {"nodes": [], "memory_nodes": [], "distances": {},
-             "merge_across_nodes": merge_across_nodes,
-             "recommended_merge_across_nodes": None}  # type: Facts
+    facts: Facts = {"nodes": [], "memory_nodes": [], "distances": {},
+                    "merge_across_nodes": merge_across_nodes,
+                    "recommended_merge_across_nodes": None}
     try:
         facts["nodes"] = parse_range_list(_procfs.read_text(os.path.join(node_root, "online")))
     except (IOError, OSError, ValueError):
@@ -261,8 +250,10 @@ def numa_facts(node_root=NODE_ROOT, merge_across_nodes=None):
     return facts
 
 
-def service_facts(run_command, systemctl, systemd_root=SYSTEMD_ROOT, units=SERVICE_UNITS):
-    # type: (t.Optional[RunCommand], t.Optional[str], str, t.Sequence[str]) -> Facts
+def service_facts(run_command: t.Optional[RunCommand],
+                  systemctl: t.Optional[str],
+                  systemd_root: str = SYSTEMD_ROOT,
+                  units: t.Sequence[str] = SERVICE_UNITS) -> Facts:
     """States of the KSM units from one 'systemctl show' call; 'unknown' where systemd is not the service manager.
 
     qemu-kvm.service (Ubuntu) is reported only where systemd knows it.
@@ -279,7 +270,7 @@ def service_facts(run_command, systemctl, systemd_root=SYSTEMD_ROOT, units=SERVI
     if rc != 0:
         return {"manager": UNKNOWN, "units": unknown}
     shown = parse_systemctl_show(out)
-    result = {}  # type: t.Dict[str, t.Dict[str, str]]
+    result: t.Dict[str, t.Dict[str, str]] = {}
     for name in units:
         props = shown.get(name, {})
         load_state = props.get("LoadState") or UNKNOWN
@@ -293,8 +284,7 @@ def service_facts(run_command, systemctl, systemd_root=SYSTEMD_ROOT, units=SERVI
     return {"manager": "systemd", "units": result}
 
 
-def _rmap_items(pid, proc_root):
-    # type: (int, str) -> t.Optional[int]
+def _rmap_items(pid: int, proc_root: str) -> t.Optional[int]:
     """ksm_rmap_items from a 6.1-style ksm_stat next to ksm_merging_pages; None when unreadable or absent."""
     try:
         value = _procfs.parse_ksm_stat(_procfs.read_process_file(pid, "ksm_stat", proc_root)).get("ksm_rmap_items")
@@ -303,13 +293,12 @@ def _rmap_items(pid, proc_root):
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _process_record(pid, source, text):
-    # type: (int, str, str) -> t.Optional[Facts]
+def _process_record(pid: int, source: str, text: str) -> t.Optional[Facts]:
     if source == "ksm_stat":
         stat = _procfs.parse_ksm_stat(text)
         if not stat:
             return None  # kernel thread or zombie: no mm
-        record = {"pid": pid, "merging_pages": stat.get("ksm_merging_pages", 0)}  # type: Facts
+        record: Facts = {"pid": pid, "merging_pages": stat.get("ksm_merging_pages", 0)}
         for key, name in (("ksm_zero_pages", "zero_pages"), ("ksm_rmap_items", "rmap_items"),
                           ("ksm_process_profit", "profit_bytes"), ("ksm_merge_any", "merge_any"),
                           ("ksm_mergeable", "mergeable")):
@@ -322,8 +311,10 @@ def _process_record(pid, source, text):
     return {"pid": pid, "merging_pages": int(text)}
 
 
-def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
-    # type: (str, int, int, t.Optional[str]) -> Facts
+def scan_proc(proc_root: str = PROC_ROOT,
+              limit: int = 10,
+              page_size: int = 4096,
+              source: t.Optional[str] = None) -> Facts:
     """One pass over proc_root: ksmtuned processes and the top `limit` processes by merged pages. Per pid it reads
     stat and, when limit > 0, the per-process KSM file. Entries that vanish or cannot be read are skipped.
     Returns {"ksmtuned_pids": [...], "processes": [...], "source": ...} (processes sorted)."""
@@ -331,9 +322,9 @@ def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
         source = _procfs.process_source(proc_root)
     # 6.1: merged pages from ksm_merging_pages, rmap items from ksm_stat (read only for processes with merged pages)
     stat_too = source == "ksm_merging_pages" and _procfs.has_process_file("self", "ksm_stat", proc_root)
-    ksmtuned = []  # type: t.List[int]
-    records = []  # type: t.List[Facts]
-    comms = {}  # type: t.Dict[int, str]
+    ksmtuned: t.List[int] = []
+    records: t.List[Facts] = []
+    comms: t.Dict[int, str] = {}
     for pid in _procfs.pids(proc_root):
         stat = _procfs.read_proc_stat(pid, proc_root)
         if stat is None:
@@ -355,7 +346,7 @@ def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
             records.append(record)
     records.sort(key=lambda r: (r["merging_pages"], r.get("zero_pages", 0), -r["pid"]), reverse=True)
     top = records[:limit] if limit > 0 else []
-    processes = []  # type: t.List[Facts]
+    processes: t.List[Facts] = []
     for record in top:
         pid = record["pid"]
         record["comm"] = comms[pid]
@@ -366,8 +357,7 @@ def scan_proc(proc_root=PROC_ROOT, limit=10, page_size=4096, source=None):
     return {"ksmtuned_pids": sorted(ksmtuned), "processes": processes, "source": source}
 
 
-def ksmd_facts(proc_root=PROC_ROOT, clock_ticks=None):
-    # type: (str, t.Optional[int]) -> t.Optional[Facts]
+def ksmd_facts(proc_root: str = PROC_ROOT, clock_ticks: t.Optional[int] = None) -> t.Optional[Facts]:
     """The ksmd kernel thread's pid and CPU time so far; None without one (it exited meanwhile, or no KSM)."""
     pid = _procfs.ksmd_pid(proc_root)
     seconds = None if pid is None else _procfs.cpu_seconds(pid, proc_root, clock_ticks)
@@ -376,8 +366,7 @@ def ksmd_facts(proc_root=PROC_ROOT, clock_ticks=None):
     return {"pid": pid, "cpu_seconds": round(seconds, 2)}
 
 
-def unavailable(sysfs_root, release, page_size, reason):
-    # type: (str, str, int, str) -> Facts
+def unavailable(sysfs_root: str, release: str, page_size: int, reason: str) -> Facts:
     """The facts of a host whose KSM cannot be read: every key present, empty."""
     return {
         "available": False,
@@ -439,7 +428,7 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
     statistics = read_values(ksm, STATISTIC_NAMES, warn)
     can_write, why_not = writable(sysfs_root, euid)
     scan = scan_proc(proc_root, processes, page_size)
-    facts = {
+    facts: Facts = {
         "available": True,
         "reason": "",
         "sysfs_path": sysfs_root,
@@ -460,7 +449,7 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
         "ksmd": ksmd_facts(proc_root, clock_ticks),
         "services": service_facts(run_command, systemctl, systemd_root),
         "processes": scan["processes"],
-    }  # type: Facts
+    }
     facts["services"]["ksmtuned_running"] = bool(scan["ksmtuned_pids"])
     facts["services"]["ksmtuned_pids"] = scan["ksmtuned_pids"]
     facts.update(derive(tunables, statistics, page_size, bits))

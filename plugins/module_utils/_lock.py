@@ -29,8 +29,7 @@ DEFAULT_TIMEOUT = 60  # seconds: longer than a typical run (an unmerge can take 
 POLL_INTERVAL = 0.1  # seconds between attempts
 
 
-def holder(path):
-    # type: (str) -> t.Optional[int]
+def holder(path: str) -> t.Optional[int]:
     """The pid the holder of the lock wrote into path, or None when it cannot be read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
@@ -43,8 +42,7 @@ def holder(path):
         return None
 
 
-def _open(path):
-    # type: (str) -> int
+def _open(path: str) -> int:
     """The lock file's descriptor, the file (and its directory) made when missing; KsmError when it cannot be."""
     if not path or not os.path.isabs(path):
         raise KsmError("lock_file must be an absolute path, got {0!r}; leave it at {1} or choose another absolute "
@@ -71,8 +69,7 @@ def _open(path):
                        exc.errno) from None
 
 
-def _acquire(fd, path, timeout, interval):
-    # type: (int, str, float, float) -> None
+def _acquire(fd: int, path: str, timeout: float, interval: float) -> None:
     deadline = time.monotonic() + max(timeout, 0)
     while True:
         try:
@@ -93,8 +90,9 @@ def _acquire(fd, path, timeout, interval):
 
 
 @contextlib.contextmanager
-def host_lock(path=DEFAULT_PATH, timeout=DEFAULT_TIMEOUT, interval=POLL_INTERVAL):
-    # type: (str, float, float) -> t.Iterator[None]
+def host_lock(path: str = DEFAULT_PATH,
+              timeout: float = DEFAULT_TIMEOUT,
+              interval: float = POLL_INTERVAL) -> t.Iterator[None]:
     """Hold an exclusive flock on path for the body; wait at most timeout seconds (polling every interval) for
     another holder. Writes '<pid>\\n' into the file once held. Raises KsmError (one sentence) on timeout."""
     fd = _open(path)
@@ -111,14 +109,12 @@ def host_lock(path=DEFAULT_PATH, timeout=DEFAULT_TIMEOUT, interval=POLL_INTERVAL
 
 
 @contextlib.contextmanager
-def no_lock():
-    # type: () -> t.Iterator[None]
+def no_lock() -> t.Iterator[None]:
     """A stand-in for host_lock when the caller did not ask for a lock (contextlib.nullcontext is 3.7+)."""
     yield
 
 
-def maybe_lock(path, timeout):
-    # type: (t.Optional[str], float) -> t.ContextManager[None]
+def maybe_lock(path: t.Optional[str], timeout: float) -> t.ContextManager[None]:
     """host_lock(path, timeout) when path is set, else no lock."""
     if path is None:
         return no_lock()

@@ -122,14 +122,12 @@ PROCESS = (
 )
 
 
-def escape(value):
-    # type: (str) -> str
+def escape(value: str) -> str:
     """A label value for the text format: backslash, double quote and newline escaped."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def number(value):
-    # type: (t.Any) -> str
+def number(value: t.Any) -> str:
     """A sample value: bools as 1/0, integers as they are, floats without a trailing .0 noise."""
     if isinstance(value, bool):
         return "1" if value else "0"
@@ -138,25 +136,25 @@ def number(value):
     return repr(float(value))
 
 
-def sample(family, value, labels=None):
-    # type: (Family, t.Any, t.Optional[Labels]) -> str
+def sample(family: Family, value: t.Any, labels: t.Optional[Labels] = None) -> str:
     text = ",".join('{0}="{1}"'.format(k, escape(v)) for k, v in labels or [])
     return "{0}{1}{2} {3}".format(PREFIX, family.name, "{" + text + "}" if text else "", number(value))
 
 
-def _flag(value):
-    # type: (t.Any) -> str
+def _flag(value: t.Any) -> str:
     return "" if value is None else ("true" if value else "false")
 
 
-def samples(facts, mode="", multi_tenant=False, interval=None, now=None):
-    # type: (Facts, str, bool, t.Optional[float], t.Optional[float]) -> t.List[t.Tuple[Family, t.Any, Labels]]
+def samples(facts: Facts,
+            mode: str = "",
+            multi_tenant: bool = False,
+            interval: t.Optional[float] = None,
+            now: t.Optional[float] = None) -> t.List[t.Tuple[Family, t.Any, Labels]]:
     """Every sample of a facts dict, in family order; per process the facts' processes with an optional 'unit'."""
     by_name = dict((f.name, f) for f in HOST)
-    out = []  # type: t.List[t.Tuple[Family, t.Any, Labels]]
+    out: t.List[t.Tuple[Family, t.Any, Labels]] = []
 
-    def add(name, value, labels=None):
-        # type: (str, t.Any, t.Optional[Labels]) -> None
+    def add(name: str, value: t.Any, labels: t.Optional[Labels] = None) -> None:
         out.append((by_name[name], value, labels or []))
 
     available = bool(facts.get("available"))
@@ -207,11 +205,14 @@ def samples(facts, mode="", multi_tenant=False, interval=None, now=None):
     return out
 
 
-def render(facts, mode="", multi_tenant=False, interval=None, now=None):
-    # type: (Facts, str, bool, t.Optional[float], t.Optional[float]) -> str
+def render(facts: Facts,
+           mode: str = "",
+           multi_tenant: bool = False,
+           interval: t.Optional[float] = None,
+           now: t.Optional[float] = None) -> str:
     """The Prometheus text exposition of facts: each family once, with HELP and TYPE, then its samples."""
-    lines = []  # type: t.List[str]
-    seen = set()  # type: t.Set[str]
+    lines: t.List[str] = []
+    seen: t.Set[str] = set()
     for family, value, labels in samples(facts, mode, multi_tenant, interval, now):
         if family.name not in seen:
             seen.add(family.name)
@@ -221,8 +222,7 @@ def render(facts, mode="", multi_tenant=False, interval=None, now=None):
     return "\n".join(lines) + "\n"
 
 
-def add_units(facts, proc_root=_procfs.PROC_ROOT):
-    # type: (Facts, str) -> Facts
+def add_units(facts: Facts, proc_root: str = _procfs.PROC_ROOT) -> Facts:
     """facts with the systemd unit of each reported process ('unit', from /proc/<pid>/cgroup) where it has one."""
     for record in facts.get("processes") or []:
         unit = _procfs.process_unit(record["pid"], proc_root)
@@ -231,8 +231,7 @@ def add_units(facts, proc_root=_procfs.PROC_ROOT):
     return facts
 
 
-def write_textfile(directory, text, name=TEXTFILE_NAME):
-    # type: (str, str, str) -> str
+def write_textfile(directory: str, text: str, name: str = TEXTFILE_NAME) -> str:
     """Write text to directory/name through a temporary file in the same directory (not ending in .prom, so the
     textfile collector never reads it half written) and a rename; mode 0644. Returns the path."""
     path = os.path.join(directory, name)
@@ -249,8 +248,7 @@ def write_textfile(directory, text, name=TEXTFILE_NAME):
     return path
 
 
-def parse_args(argv):
-    # type: (t.Optional[t.List[str]]) -> argparse.Namespace
+def parse_args(argv: t.Optional[t.List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="kvmhost-ksm-metrics",
         description="Write the KSM metrics of this host for node_exporter's textfile collector "
@@ -266,8 +264,7 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    # type: (t.Optional[t.List[str]]) -> int
+def main(argv: t.Optional[t.List[str]] = None) -> int:
     args = parse_args(argv)
     if args.processes < 0:
         sys.stderr.write("kvmhost-ksm-metrics: --processes is {0}, but it must be 0 or more.\n".format(args.processes))

@@ -31,21 +31,19 @@ CHOICES_OF_KIND = {"enum": ADVISOR_MODES, "run": RUN_STATES}
 UNMERGE_TIMEOUT = 120  # seconds (the option's default)
 
 
-def knob_options():
-    # type: () -> Spec
+def knob_options() -> Spec:
     """One option per knob: its type from the knob's kind, choices (listed alphabetically, as documented) for the
     enum and the run state; no default, so an option that is not set is not managed."""
-    spec = {}  # type: Spec
+    spec: Spec = {}
     for knob in TUNABLES:
-        entry = {"type": TYPE_OF_KIND[knob.kind]}  # type: t.Dict[str, t.Any]
+        entry: t.Dict[str, t.Any] = {"type": TYPE_OF_KIND[knob.kind]}
         if knob.kind in CHOICES_OF_KIND:
             entry["choices"] = sorted(CHOICES_OF_KIND[knob.kind])
         spec[option(knob.name)] = entry
     return spec
 
 
-def argument_spec():
-    # type: () -> Spec
+def argument_spec() -> Spec:
     """The ksm module's argument spec: the knob options plus how to apply them (unmerging, persisting, where)."""
     spec = knob_options()
     spec.update(
@@ -60,18 +58,16 @@ def argument_spec():
     return spec
 
 
-def normalise_path(path):
-    # type: (str) -> str
+def normalise_path(path: str) -> str:
     """An absolute path without '..', '.', doubled or trailing slashes; other paths as they are (refused later)."""
     if not path or not os.path.isabs(path):
         return path
     return "/" + os.path.normpath(path).lstrip("/")
 
 
-def lock_problems(params):
-    # type: (t.Dict[str, t.Any]) -> t.List[str]
+def lock_problems(params: t.Dict[str, t.Any]) -> t.List[str]:
     """Why the host lock cannot be taken with these options (each one sentence)."""
-    found = []  # type: t.List[str]
+    found: t.List[str] = []
     if not params["lock_file"] or not os.path.isabs(params["lock_file"]):
         found.append("lock_file must be an absolute path, got {0!r}; leave it at {1} or choose another absolute "
                      "path; nothing was written.".format(params["lock_file"], _lock.DEFAULT_PATH))
@@ -81,8 +77,7 @@ def lock_problems(params):
     return found
 
 
-def problems(params):
-    # type: (t.Dict[str, t.Any]) -> t.List[str]
+def problems(params: t.Dict[str, t.Any]) -> t.List[str]:
     """Every problem of the options that say how to apply (not the knob values): each one sentence."""
     found = lock_problems(params)
     if params["unmerge_timeout"] < 0:

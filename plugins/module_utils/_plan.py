@@ -43,39 +43,32 @@ class Plan(t.NamedTuple):
     allow_unmerge: bool  # whether a transient EBUSY may be cured by unmerging
 
     @property
-    def unmerge(self):
-        # type: () -> bool
+    def unmerge(self) -> bool:
         return self.first == "unmerged"
 
-    def changes(self, current):
-        # type: (Values) -> bool
+    def changes(self, current: Values) -> bool:
         return bool(self.writes) or self.first is not None or self.final_run != current.get("run")
 
 
-def option(name):
-    # type: (str) -> str
+def option(name: str) -> str:
     return OPTION_OF.get(name, name)
 
 
-def requested(params):
-    # type: (t.Dict[str, t.Any]) -> Values
+def requested(params: t.Dict[str, t.Any]) -> Values:
     """The managed knobs: every knob option that is set (state as run)."""
     return dict((k.name, params[option(k.name)]) for k in TUNABLES if params.get(option(k.name)) is not None)
 
 
-def by_option(values, names):
-    # type: (Values, t.Iterable[str]) -> t.Dict[str, Value]
+def by_option(values: Values, names: t.Iterable[str]) -> t.Dict[str, Value]:
     """values of the named knobs, keyed by module option (run as state)."""
     return dict((option(n), values[n]) for n in names if n in values)
 
 
-def final_mode(request, current):
-    # type: (Values, Values) -> str
+def final_mode(request: Values, current: Values) -> str:
     return str(request.get("advisor_mode", current.get("advisor_mode", "none")))
 
 
-def advisor_owns_pages_to_scan(mode):
-    # type: (t.Optional[Value]) -> bool
+def advisor_owns_pages_to_scan(mode: t.Optional[Value]) -> bool:
     """Whether advisor_mode `mode` sets pages_to_scan itself: the kernel then refuses every write to it (EINVAL).
 
     The one place of this rule: validation, rollback, restoring a snapshot and the persist file all ask here.
@@ -83,30 +76,26 @@ def advisor_owns_pages_to_scan(mode):
     return mode is not None and mode != "none"
 
 
-def restorable(values):
-    # type: (Values) -> Values
+def restorable(values: Values) -> Values:
     """The part of a tunables snapshot that can be written back: all of it but pages_to_scan under the advisor."""
     if advisor_owns_pages_to_scan(values.get("advisor_mode")):
         return dict((n, v) for n, v in values.items() if n != "pages_to_scan")
     return dict(values)
 
 
-def unmerge_bytes(statistics, page):
-    # type: (Values, int) -> int
+def unmerge_bytes(statistics: Values, page: int) -> int:
     """Memory that unmerging every KSM page needs: (pages_sharing + ksm_zero_pages) x page size."""
     return (int(statistics.get("pages_sharing", 0)) + max(int(statistics.get("ksm_zero_pages", 0)), 0)) * page
 
 
 # ---------------------------------------------------------------------------------------------- validation
 
-def _missing(root, name, release):
-    # type: (str, str, str) -> str
+def _missing(root: str, name: str, release: str) -> str:
     return ("Cannot manage {0}: kernel {1} has no {2} (upstream added it in {3}); leave {0} unset on this host; "
             "nothing was written.".format(option(name), release, os.path.join(root, name), KNOBS[name].since))
 
 
-def _out_of_range(root, name, value):
-    # type: (str, str, Value) -> str
+def _out_of_range(root: str, name: str, value: Value) -> str:
     knob = KNOBS[name]
     if knob.kind == "enum":
         allowed = "one of " + ", ".join(ADVISOR_MODES)
@@ -118,8 +107,7 @@ def _out_of_range(root, name, value):
             .format(option(name), value, os.path.join(root, name), allowed))
 
 
-def _in_range(name, value):
-    # type: (str, Value) -> bool
+def _in_range(name: str, value: Value) -> bool:
     knob = KNOBS[name]
     if knob.kind == "bool":
         return isinstance(value, bool)
@@ -130,11 +118,10 @@ def _in_range(name, value):
     return not isinstance(value, bool) and isinstance(value, int) and knob.minimum <= value <= knob.maximum
 
 
-def problems(request, current, root, release):
-    # type: (Values, t.Optional[Values], str, str) -> t.List[str]
+def problems(request: Values, current: t.Optional[Values], root: str, release: str) -> t.List[str]:
     """Every reason the request cannot be applied to a host whose KSM files read as current (None: they could not
     be read, so only the values themselves are checked)."""
-    found = []  # type: t.List[str]
+    found: t.List[str] = []
     for knob in TUNABLES:
         if knob.name not in request:
             continue
@@ -152,8 +139,7 @@ def problems(request, current, root, release):
     return found
 
 
-def _advisor_bounds(request, current, root):
-    # type: (Values, Values, str) -> t.List[str]
+def _advisor_bounds(request: Values, current: Values, root: str) -> t.List[str]:
     low, high = "advisor_min_pages_to_scan", "advisor_max_pages_to_scan"
     if low not in request and high not in request:
         return []
@@ -168,14 +154,13 @@ def _advisor_bounds(request, current, root):
 NOTHING_WRITTEN = "; nothing was written"
 
 
-def refusal(found):
-    # type: (t.List[str]) -> str
+def refusal(found: t.List[str]) -> str:
     """One message for every problem found: the sentence itself for one, 'N problems: a; b; ...; nothing was
     written.' for more (each problem one sentence, without its own ending)."""
     if len(found) == 1:
         text = found[0].rstrip(".")
         return (text if text.endswith(NOTHING_WRITTEN) else text + NOTHING_WRITTEN) + "."
-    parts = []  # type: t.List[str]
+    parts: t.List[str] = []
     for problem in found:
         text = problem.rstrip(".")
         if text.endswith(NOTHING_WRITTEN):
@@ -184,8 +169,11 @@ def refusal(found):
     return "{0} problems: {1}{2}.".format(len(found), "; ".join(parts), NOTHING_WRITTEN)
 
 
-def validate(request, current, root, release, found=None):
-    # type: (Values, t.Optional[Values], str, str, t.Optional[t.List[str]]) -> None
+def validate(request: Values,
+             current: t.Optional[Values],
+             root: str,
+             release: str,
+             found: t.Optional[t.List[str]] = None) -> None:
     """Raise one KsmError naming every problem of the whole request (and the caller's found ones), before anything
     is written. current None: the KSM files could not be read (the reason is among found)."""
     found = list(found or [])
@@ -193,7 +181,7 @@ def validate(request, current, root, release, found=None):
         found.append("KSM is not available: {0} does not exist, so kernel {1} was built without CONFIG_KSM "
                      "(or sysfs_path is wrong); nothing was written.".format(os.path.join(root, "run"), release))
         current = None
-        err = errno.ENOENT  # type: t.Optional[int]
+        err: t.Optional[int] = errno.ENOENT
     else:
         err = None
     found.extend(problems(request, current, root, release))
@@ -203,10 +191,9 @@ def validate(request, current, root, release, found=None):
         raise KsmError(refusal(["Cannot read the KSM files in {0}".format(root)]), errno.EIO)
 
 
-def warnings(request, current, ksmtuned_pids):
-    # type: (Values, Values, t.List[int]) -> t.List[str]
+def warnings(request: Values, current: Values, ksmtuned_pids: t.List[int]) -> t.List[str]:
     """Legal requests that will not do what the operator probably wants."""
-    found = []  # type: t.List[str]
+    found: t.List[str] = []
     managed = [option(n) for n in KSMTUNED_KNOBS if n in request]
     if ksmtuned_pids and managed:
         found.append("ksmtuned is running (pid {0}) and rewrites {1} every minute; stop and disable ksmtuned or "
@@ -221,8 +208,7 @@ def warnings(request, current, ksmtuned_pids):
 
 # ---------------------------------------------------------------------------------------------- planning
 
-def expected_after_mode_switch(request, current):
-    # type: (Values, Values) -> Values
+def expected_after_mode_switch(request: Values, current: Values) -> Values:
     """current as the kernel leaves it once advisor_mode is written: a change resets pages_to_scan."""
     expected = dict(current)
     mode = request.get("advisor_mode")
@@ -234,16 +220,14 @@ def expected_after_mode_switch(request, current):
     return expected
 
 
-def differences(request, current):
-    # type: (Values, Values) -> t.List[str]
+def differences(request: Values, current: Values) -> t.List[str]:
     """Requested knobs (run excluded) whose value must be written, in safe order."""
     expected = expected_after_mode_switch(request, current)
     return [k.name for k in TUNABLES
             if k.name != "run" and k.name in request and request[k.name] != expected.get(k.name)]
 
 
-def _busy_refusal(root, names, request, current, merged):
-    # type: (str, t.List[str], Values, Values, int) -> str
+def _busy_refusal(root: str, names: t.List[str], request: Values, current: Values, merged: int) -> str:
     name = names[0]
     return ("Cannot change {0} in {1} from {2} to {3}: {4} bytes are merged now and the kernel refuses the change "
             "(EBUSY) until every page is unmerged; set allow_unmerge: true to unmerge first, or state: unmerged; "
@@ -251,15 +235,19 @@ def _busy_refusal(root, names, request, current, merged):
             .format(name, root, format_value(name, current[name]), format_value(name, request[name]), merged))
 
 
-def _headroom_refusal(root, needed, available):
-    # type: (str, int, int) -> str
+def _headroom_refusal(root: str, needed: int, available: int) -> str:
     return ("Cannot unmerge KSM pages in {0}: unmerging needs about {1} bytes but MemAvailable is only {2} bytes; "
             "free memory on the host first (the kernel would OOM-kill processes); nothing was written."
             .format(root, needed, available))
 
 
-def make_plan(request, current, shared, needed, available, allow_unmerge, root):
-    # type: (Values, Values, int, int, t.Optional[int], bool, str) -> Plan
+def make_plan(request: Values,
+              current: Values,
+              shared: int,
+              needed: int,
+              available: t.Optional[int],
+              allow_unmerge: bool,
+              root: str) -> Plan:
     """Order the writes; refuse an EBUSY change it cannot make and an unmerge the host has no memory for.
 
     shared is pages_shared now, needed the bytes unmerging needs, available MemAvailable in bytes (None: unknown).
@@ -267,7 +255,7 @@ def make_plan(request, current, shared, needed, available, allow_unmerge, root):
     writes = [(n, request[n]) for n in differences(request, current)]
     busy = [n for n, _v in writes if KNOBS[n].busy]
     final_run = str(request.get("run", current["run"]))
-    first = None  # type: t.Optional[str]
+    first: t.Optional[str] = None
     if final_run == "unmerged" and current["run"] != "unmerged":
         first = "unmerged"
     elif busy and shared:
@@ -281,8 +269,7 @@ def make_plan(request, current, shared, needed, available, allow_unmerge, root):
     return Plan(first, writes, final_run, allow_unmerge)
 
 
-def rollback_writes(touched, before):
-    # type: (t.Iterable[str], Values) -> t.List[t.Tuple[str, Value]]
+def rollback_writes(touched: t.Iterable[str], before: Values) -> t.List[t.Tuple[str, Value]]:
     """Writes that put the touched knobs back to their before values, in safe order with run last."""
     names = set(touched)
     if "advisor_mode" in names:
@@ -293,8 +280,7 @@ def rollback_writes(touched, before):
 
 # ---------------------------------------------------------------------------------------------- checking
 
-def verify(request, after, root):
-    # type: (Values, Values, str) -> None
+def verify(request: Values, after: Values, root: str) -> None:
     wrong = ["{0}: wanted {1!r}, read back {2!r}".format(option(n), v, after.get(n))
              for n, v in sorted(request.items()) if after.get(n) != v]
     if wrong:
@@ -302,8 +288,10 @@ def verify(request, after, root):
                        "changes them.".format(root, "; ".join(wrong)))
 
 
-def diff(before, after, root, persist=None):
-    # type: (t.Dict[str, Value], t.Dict[str, Value], str, t.Optional[t.Tuple[str, str, str]]) -> t.List[dict]
+def diff(before: t.Dict[str, Value],
+         after: t.Dict[str, Value],
+         root: str,
+         persist: t.Optional[t.Tuple[str, str, str]] = None) -> t.List[dict]:
     """Ansible diff: the managed values, and the persist file (path, old text, new text) when managed."""
     result = [dict(before=before, after=after, before_header=root, after_header=root)]
     if persist is not None:

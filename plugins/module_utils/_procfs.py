@@ -33,26 +33,23 @@ class ProcStat(t.NamedTuple):
     stime: int  # clock ticks (field 15)
 
 
-def page_size():
-    # type: () -> int
+def page_size() -> int:
     """The page size of this host in bytes (never assume 4096: arm64 and ppc64 may use 64 KiB)."""
     return os.sysconf("SC_PAGE_SIZE")
 
 
-def clock_ticks():
-    # type: () -> int
+def clock_ticks() -> int:
     """Clock ticks per second, the unit of utime and stime in /proc/<pid>/stat."""
     return os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------- file readers
 
-def read_bytes(path):
-    # type: (str) -> bytes
+def read_bytes(path: str) -> bytes:
     """The whole file with raw os.open/os.read: several times cheaper than open() for the many small /proc files."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        chunks = []  # type: t.List[bytes]
+        chunks: t.List[bytes] = []
         while True:
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -62,14 +59,12 @@ def read_bytes(path):
         os.close(fd)
 
 
-def read_text(path):
-    # type: (str) -> str
+def read_text(path: str) -> str:
     """A /proc or sysfs file as text (undecodable bytes replaced)."""
     return read_bytes(path).decode("utf-8", "replace")
 
 
-def read_small(path):
-    # type: (str) -> str
+def read_small(path: str) -> str:
     """A /proc or sysfs file that the kernel hands out whole in one read of a page (stat, ksm_stat, ...)."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -78,26 +73,22 @@ def read_small(path):
         os.close(fd)
 
 
-def process_path(pid, name, proc_root=PROC_ROOT):
-    # type: (Pid, str, str) -> str
+def process_path(pid: Pid, name: str, proc_root: str = PROC_ROOT) -> str:
     return os.path.join(proc_root, str(pid), name)
 
 
-def has_process_file(pid, name, proc_root=PROC_ROOT):
-    # type: (Pid, str, str) -> bool
+def has_process_file(pid: Pid, name: str, proc_root: str = PROC_ROOT) -> bool:
     return os.path.exists(process_path(pid, name, proc_root))
 
 
-def read_process_file(pid, name, proc_root=PROC_ROOT):
-    # type: (Pid, str, str) -> str
+def read_process_file(pid: Pid, name: str, proc_root: str = PROC_ROOT) -> str:
     """<proc_root>/<pid>/<name> in one read; raises IOError/OSError when the process is gone or unreadable."""
     return read_small(process_path(pid, name, proc_root))
 
 
 # ---------------------------------------------------------------------------------------------- parsers
 
-def parse_proc_stat(text):
-    # type: (str) -> ProcStat
+def parse_proc_stat(text: str) -> ProcStat:
     """/proc/<pid>/stat; comm may contain spaces and parentheses, so split after the last ')'."""
     head, _sep, tail = text.rpartition(")")
     pid_text, _sep, comm = head.partition("(")
@@ -105,8 +96,7 @@ def parse_proc_stat(text):
     return ProcStat(int(pid_text), comm, int(fields[1]), int(fields[11]), int(fields[12]))
 
 
-def parse_cmdline(raw):
-    # type: (bytes) -> t.List[str]
+def parse_cmdline(raw: bytes) -> t.List[str]:
     """/proc/<pid>/cmdline (NUL-separated) -> argv."""
     text = raw.decode("utf-8", "replace")
     if text.endswith("\0"):
@@ -114,13 +104,12 @@ def parse_cmdline(raw):
     return text.split("\0") if text else []
 
 
-def parse_ksm_stat(text):
-    # type: (str) -> t.Dict[str, t.Union[int, bool]]
+def parse_ksm_stat(text: str) -> t.Dict[str, t.Union[int, bool]]:
     """/proc/<pid>/ksm_stat: lines 'ksm_rmap_items 5' and 'ksm_merge_any: yes' -> {name: int or bool}.
 
     Unknown lines of either form are kept; lines that fit neither are ignored. Kernel threads give ''.
     """
-    values = {}  # type: t.Dict[str, t.Union[int, bool]]
+    values: t.Dict[str, t.Union[int, bool]] = {}
     for line in text.splitlines():
         parts = line.replace(":", " ", 1).split() if ":" in line else line.split()
         if len(parts) != 2:
@@ -138,8 +127,7 @@ def parse_ksm_stat(text):
 
 # ---------------------------------------------------------------------------------------------- host and processes
 
-def mem_available(proc_root=PROC_ROOT):
-    # type: (str) -> t.Optional[int]
+def mem_available(proc_root: str = PROC_ROOT) -> t.Optional[int]:
     """MemAvailable of <proc_root>/meminfo in bytes, or None when the kernel does not report it."""
     try:
         with open(os.path.join(proc_root, "meminfo")) as f:
@@ -151,8 +139,7 @@ def mem_available(proc_root=PROC_ROOT):
     return None
 
 
-def pids(proc_root=PROC_ROOT):
-    # type: (str) -> t.List[int]
+def pids(proc_root: str = PROC_ROOT) -> t.List[int]:
     """The process ids listed in proc_root now (unsorted; [] when proc_root cannot be listed)."""
     try:
         entries = os.listdir(proc_root)
@@ -161,10 +148,9 @@ def pids(proc_root=PROC_ROOT):
     return [int(entry) for entry in entries if entry.isdigit()]
 
 
-def processes_named(comm, proc_root=PROC_ROOT):
-    # type: (str, str) -> t.List[int]
+def processes_named(comm: str, proc_root: str = PROC_ROOT) -> t.List[int]:
     """Process ids whose <proc_root>/<pid>/comm is comm, sorted (processes may vanish while we look)."""
-    found = []  # type: t.List[int]
+    found: t.List[int] = []
     for pid in pids(proc_root):
         try:
             if read_process_file(pid, "comm", proc_root).strip() == comm:
@@ -174,8 +160,7 @@ def processes_named(comm, proc_root=PROC_ROOT):
     return sorted(found)
 
 
-def read_proc_stat(pid, proc_root=PROC_ROOT):
-    # type: (Pid, str) -> t.Optional[ProcStat]
+def read_proc_stat(pid: Pid, proc_root: str = PROC_ROOT) -> t.Optional[ProcStat]:
     """/proc/<pid>/stat parsed, or None when the process is gone or the file is unreadable."""
     try:
         return parse_proc_stat(read_process_file(pid, "stat", proc_root))
@@ -183,8 +168,7 @@ def read_proc_stat(pid, proc_root=PROC_ROOT):
         return None
 
 
-def read_cmdline(pid, proc_root=PROC_ROOT):
-    # type: (Pid, str) -> t.List[str]
+def read_cmdline(pid: Pid, proc_root: str = PROC_ROOT) -> t.List[str]:
     """argv of a process; [] for kernel threads and for processes that are gone or unreadable."""
     try:
         return parse_cmdline(read_bytes(process_path(pid, "cmdline", proc_root)))
@@ -192,14 +176,12 @@ def read_cmdline(pid, proc_root=PROC_ROOT):
         return []
 
 
-def is_ksmd(stat):
-    # type: (ProcStat) -> bool
+def is_ksmd(stat: ProcStat) -> bool:
     """Whether a process is the KSM kernel thread: comm ksmd and parent kthreadd (a user process may be named ksmd)."""
     return stat.comm == "ksmd" and stat.ppid == KTHREADD_PID
 
 
-def ksmd_pid(proc_root=PROC_ROOT):
-    # type: (str) -> t.Optional[int]
+def ksmd_pid(proc_root: str = PROC_ROOT) -> t.Optional[int]:
     """The pid of the ksmd kernel thread, or None on a kernel without KSM."""
     for pid in sorted(pids(proc_root)):
         stat = read_proc_stat(pid, proc_root)
@@ -208,21 +190,18 @@ def ksmd_pid(proc_root=PROC_ROOT):
     return None
 
 
-def stat_cpu_seconds(stat, ticks=None):
-    # type: (ProcStat, t.Optional[int]) -> float
+def stat_cpu_seconds(stat: ProcStat, ticks: t.Optional[int] = None) -> float:
     """CPU time of a process so far, (utime + stime) / clock ticks, in seconds."""
     return float(stat.utime + stat.stime) / (ticks or clock_ticks())
 
 
-def cpu_seconds(pid, proc_root=PROC_ROOT, ticks=None):
-    # type: (Pid, str, t.Optional[int]) -> t.Optional[float]
+def cpu_seconds(pid: Pid, proc_root: str = PROC_ROOT, ticks: t.Optional[int] = None) -> t.Optional[float]:
     """CPU time of a process so far in seconds, or None when it is gone (ticks: clock ticks per second)."""
     stat = read_proc_stat(pid, proc_root)
     return None if stat is None else stat_cpu_seconds(stat, ticks)
 
 
-def process_source(proc_root=PROC_ROOT):
-    # type: (str) -> t.Optional[str]
+def process_source(proc_root: str = PROC_ROOT) -> t.Optional[str]:
     """The per-process file that tells merged pages on this kernel, judged by /proc/self: 'ksm_stat' when it has a
     ksm_merging_pages line (6.4+), else 'ksm_merging_pages' (5.19+; 6.1's ksm_stat has ksm_rmap_items only), else None.
     """
@@ -236,15 +215,14 @@ def process_source(proc_root=PROC_ROOT):
     return None
 
 
-def parse_cgroup_unit(text):
-    # type: (str) -> t.Optional[str]
+def parse_cgroup_unit(text: str) -> t.Optional[str]:
     """The systemd unit (service or scope) of a process from /proc/<pid>/cgroup, or None.
 
     The unified hierarchy's line ('0::/system.slice/libvirtd.service') first, then systemd's named v1 hierarchy
     ('1:name=systemd:/...'); the innermost path component ending in .service or .scope wins
     ('/machine.slice/machine-qemu\\x2d1\\x2dweb1.scope/libvirt/emulator' -> 'machine-qemu\\x2d1\\x2dweb1.scope').
     """
-    paths = {}  # type: t.Dict[str, str]
+    paths: t.Dict[str, str] = {}
     for line in text.splitlines():
         parts = line.split(":", 2)
         if len(parts) == 3:
@@ -256,8 +234,7 @@ def parse_cgroup_unit(text):
     return None
 
 
-def process_unit(pid, proc_root=PROC_ROOT):
-    # type: (Pid, str) -> t.Optional[str]
+def process_unit(pid: Pid, proc_root: str = PROC_ROOT) -> t.Optional[str]:
     """The systemd unit of a process (parse_cgroup_unit), or None when it has none or is gone."""
     try:
         return parse_cgroup_unit(read_small(process_path(pid, "cgroup", proc_root)))

@@ -59,7 +59,7 @@ TUNABLES = (
     Knob("max_page_sharing", "int", 2, INT_MAX, "4.13", True),
     Knob("run", "run", 0, 2, "2.6.32", False),
 )
-KNOBS = dict((k.name, k) for k in TUNABLES)  # type: t.Dict[str, Knob]
+KNOBS: t.Dict[str, Knob] = dict((k.name, k) for k in TUNABLES)
 
 # Read-only statistics and whether the kernel prints them signed (%ld).
 STATISTICS = (
@@ -81,19 +81,16 @@ STATISTIC_NAMES = tuple(name for name, _signed in STATISTICS)
 class KsmError(Exception):
     """An expected problem, worded as one sentence for the operator (what, where, remedy)."""
 
-    def __init__(self, message, err=None):
-        # type: (str, t.Optional[int]) -> None
+    def __init__(self, message: str, err: t.Optional[int] = None) -> None:
         super(KsmError, self).__init__(message)
         self.errno = err  # the kernel's errno when a write failed
 
 
-def kernel_release():
-    # type: () -> str
+def kernel_release() -> str:
     return platform.release()
 
 
-def parse_advisor_mode(text):
-    # type: (str) -> str
+def parse_advisor_mode(text: str) -> str:
     """'[none] scan-time' -> 'none'; a plain word is returned as it is; no word at all raises ValueError."""
     text = text.strip()
     if "[" in text and "]" in text:
@@ -103,8 +100,7 @@ def parse_advisor_mode(text):
     return text
 
 
-def parse(name, text):
-    # type: (str, str) -> Value
+def parse(name: str, text: str) -> Value:
     """Parse the text of a KSM file into a typed value (run as its state name, masked with & 3).
 
     Raises ValueError for text the kernel never prints there, including a run value whose low bits are 3.
@@ -125,8 +121,7 @@ def parse(name, text):
     return int(text)
 
 
-def expected_text(name):
-    # type: (str) -> str
+def expected_text(name: str) -> str:
     """What a KSM file holds, in words, for a message about text that does not parse."""
     knob = KNOBS.get(name)
     if knob is None:
@@ -140,14 +135,12 @@ def expected_text(name):
     return "a number"
 
 
-def shown(text, limit=40):
-    # type: (str, int) -> str
+def shown(text: str, limit: int = 40) -> str:
     """text quoted for a message, cut to limit characters."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def format_value(name, value):
-    # type: (str, Value) -> str
+def format_value(name: str, value: Value) -> str:
     """The text written to a KSM file for a typed value."""
     knob = KNOBS[name]
     if knob.kind == "run":
@@ -159,13 +152,11 @@ def format_value(name, value):
     return str(int(value))
 
 
-def is_under_sys(path):
-    # type: (str) -> bool
+def is_under_sys(path: str) -> bool:
     return path == "/sys" or path.startswith("/sys/")
 
 
-def os_remedy(path, err, euid=None):
-    # type: (str, t.Optional[int], t.Optional[int]) -> t.Optional[str]
+def os_remedy(path: str, err: t.Optional[int], euid: t.Optional[int] = None) -> t.Optional[str]:
     """The cause and remedy of a permission or read-only failure on path, or None for other errors.
 
     EPERM/EACCES as root are an immutable attribute or a security module, not a missing become; EROFS looks like a
@@ -187,8 +178,11 @@ def os_remedy(path, err, euid=None):
     return None
 
 
-def explain(path, text, err, release=None, euid=None):
-    # type: (str, str, t.Optional[int], t.Optional[str], t.Optional[int]) -> str
+def explain(path: str,
+            text: str,
+            err: t.Optional[int],
+            release: t.Optional[str] = None,
+            euid: t.Optional[int] = None) -> str:
     """One sentence for a failed write of text to path: what happened and what to do."""
     release = release or kernel_release()
     name = os.path.basename(path)
@@ -219,8 +213,7 @@ def explain(path, text, err, release=None, euid=None):
     return "{0}: {1}; check the host's kernel log.".format(head, os.strerror(err or 0))
 
 
-def kind_of(mode):
-    # type: (int) -> str
+def kind_of(mode: int) -> str:
     """'a directory', 'a symbolic link', ... for a stat mode (messages about files that are not regular)."""
     for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -230,8 +223,7 @@ def kind_of(mode):
     return "not a regular file"
 
 
-def root_problem(root):
-    # type: (str) -> t.Optional[str]
+def root_problem(root: str) -> t.Optional[str]:
     """Why root cannot be a KSM sysfs directory (one sentence), or None; a root that does not exist is left to
     validation, which says that KSM is not available."""
     hint = "point sysfs_path at the KSM directory, {0}".format(DEFAULT_ROOT)
@@ -256,8 +248,7 @@ def root_problem(root):
     return None
 
 
-def normalise_root(root):
-    # type: (str) -> str
+def normalise_root(root: str) -> str:
     """An absolute sysfs_path without '..', '.', doubled or trailing slashes (relative paths stay as they are)."""
     if not root or not os.path.isabs(root):
         return root
@@ -267,26 +258,21 @@ def normalise_root(root):
 class Sysfs(object):
     """The KSM directory under root. Unit tests point root at a fake tree."""
 
-    def __init__(self, root=DEFAULT_ROOT):
-        # type: (str) -> None
+    def __init__(self, root: str = DEFAULT_ROOT) -> None:
         self.root = root
 
-    def path(self, name):
-        # type: (str) -> str
+    def path(self, name: str) -> str:
         if name not in KNOBS and name not in STATISTIC_NAMES:
             raise ValueError("not a KSM file: {0!r}".format(name))
         return os.path.join(self.root, name)
 
-    def available(self):
-        # type: () -> bool
+    def available(self) -> bool:
         return os.path.isfile(os.path.join(self.root, "run"))
 
-    def has(self, name):
-        # type: (str) -> bool
+    def has(self, name: str) -> bool:
         return os.path.isfile(self.path(name))
 
-    def read_text(self, name):
-        # type: (str) -> str
+    def read_text(self, name: str) -> str:
         """The text of a KSM file. Raises KsmError naming the file for anything but a readable regular file
         (errno ENOENT: a file this kernel does not have, which read_present skips)."""
         path = self.path(name)
@@ -308,8 +294,7 @@ class Sysfs(object):
         return data.decode("ascii", "replace").strip()
 
     @staticmethod
-    def _unreadable(path, err, strerror):
-        # type: (str, t.Optional[int], t.Optional[str]) -> str
+    def _unreadable(path: str, err: t.Optional[int], strerror: t.Optional[str]) -> str:
         if err == errno.ENOENT:
             return ("Cannot read {0}: it does not exist (this kernel has no such KSM file, or it vanished "
                     "meanwhile); check sysfs_path and the kernel log.".format(path))
@@ -319,8 +304,7 @@ class Sysfs(object):
         remedy = os_remedy(path, err) or "{0}; check the host's kernel log".format(strerror)
         return "Cannot read {0}: {1}.".format(path, remedy)
 
-    def read(self, name):
-        # type: (str) -> Value
+    def read(self, name: str) -> Value:
         """The typed value of a KSM file; KsmError naming the file and the text found when it does not parse."""
         text = self.read_text(name)
         try:
@@ -332,10 +316,9 @@ class Sysfs(object):
                            .format(self.path(name), shown(text), expected_text(name), DEFAULT_ROOT),
                            errno.EINVAL) from None
 
-    def read_present(self, names):
-        # type: (t.Iterable[str]) -> t.Dict[str, Value]
+    def read_present(self, names: t.Iterable[str]) -> t.Dict[str, Value]:
         """Typed values of the named files that exist on this kernel."""
-        values = {}  # type: t.Dict[str, Value]
+        values: t.Dict[str, Value] = {}
         for name in names:
             try:
                 values[name] = self.read(name)
@@ -344,16 +327,13 @@ class Sysfs(object):
                     raise
         return values
 
-    def read_tunables(self):
-        # type: () -> t.Dict[str, Value]
+    def read_tunables(self) -> t.Dict[str, Value]:
         return self.read_present(k.name for k in TUNABLES)
 
-    def read_statistics(self):
-        # type: () -> t.Dict[str, Value]
+    def read_statistics(self) -> t.Dict[str, Value]:
         return self.read_present(STATISTIC_NAMES)
 
-    def write_text(self, name, text):
-        # type: (str, str) -> None
+    def write_text(self, name: str, text: str) -> None:
         """One write(2) of text; a failure raises KsmError with the kernel's errno explained."""
         if name not in KNOBS:
             raise ValueError("not a writable KSM file: {0!r}".format(name))
@@ -371,12 +351,10 @@ class Sysfs(object):
                                exc.errno) from None
             raise KsmError(explain(path, text, exc.errno), exc.errno) from None
 
-    def write(self, name, value):
-        # type: (str, Value) -> None
+    def write(self, name: str, value: Value) -> None:
         self.write_text(name, format_value(name, value))
 
-    def wait_unmerged(self, timeout, interval=0.1):
-        # type: (float, float) -> bool
+    def wait_unmerged(self, timeout: float, interval: float = 0.1) -> bool:
         """Wait until pages_shared reads 0; False when timeout seconds pass first."""
         deadline = time.monotonic() + timeout
         while True:

@@ -50,8 +50,7 @@ Change = t.Tuple[str, str, str]  # (path, old text, new text)
 Line = t.Tuple[str, str, str]  # (type, knob, argument)
 
 
-def parse_line(line, root):
-    # type: (str, str) -> t.Optional[Line]
+def parse_line(line: str, root: str) -> t.Optional[Line]:
     """(type, knob, argument) of a tmpfiles 'w' line (any modifiers) for a KSM knob under root, else None."""
     fields = line.split(None, 6)
     if len(fields) < 2 or fields[0][0] != "w" or not TYPE_FIELD.match(fields[0]):
@@ -64,32 +63,29 @@ def parse_line(line, root):
     return fields[0], name, fields[6].strip() if len(fields) == 7 else ""
 
 
-def parse_entry(line, root):
-    # type: (str, str) -> t.Optional[t.Tuple[str, str]]
+def parse_entry(line: str, root: str) -> t.Optional[t.Tuple[str, str]]:
     """(knob, argument) of a tmpfiles 'w' line for a KSM knob under root, else None."""
     parsed = parse_line(line, root)
     return None if parsed is None else (parsed[1], parsed[2])
 
 
-def _line(kind, root, name, argument):
-    # type: (str, str, str, str) -> str
+def _line(kind: str, root: str, name: str, argument: str) -> str:
     kind = "".join(c for c in kind if c not in LITERAL_ONLY) or "w"
     return "{0} {1} - - - - {2}".format(kind, os.path.join(root, name), argument)
 
 
-def persist_text(old, request, root):
-    # type: (str, Values, str) -> str
+def persist_text(old: str, request: Values, root: str) -> str:
     """The tmpfiles.d text that writes the requested values at boot, merged with the entries already in old.
 
     The KSM entries form one block in safe order (run last) where the first of them was; per knob the first line
     applies (as for systemd-tmpfiles) and keeps its type, later duplicates are dropped; foreign lines stay as they
     are.
     """
-    lines = {}  # type: t.Dict[str, str]  # knob -> its first line, as it was
-    kinds = {}  # type: t.Dict[str, str]
-    entries = {}  # type: t.Dict[str, str]
-    kept = []  # type: t.List[str]
-    at = None  # type: t.Optional[int]
+    lines: t.Dict[str, str] = {}  # knob -> its first line, as it was
+    kinds: t.Dict[str, str] = {}
+    entries: t.Dict[str, str] = {}
+    kept: t.List[str] = []
+    at: t.Optional[int] = None
     for line in old.splitlines():
         parsed = parse_line(line, root)
         if parsed is None:
@@ -117,8 +113,7 @@ def persist_text(old, request, root):
 
 # ---------------------------------------------------------------------------------------------- checks
 
-def _getflags_request():
-    # type: () -> int
+def _getflags_request() -> int:
     """FS_IOC_GETFLAGS, _IOR('f', 1, long), for this architecture's ioctl encoding."""
     size = struct.calcsize("l")
     machine = platform.machine().lower()
@@ -127,8 +122,7 @@ def _getflags_request():
     return (2 << 30) | (size << 16) | (ord("f") << 8) | 1
 
 
-def inode_flags(path):
-    # type: (str) -> t.Optional[int]
+def inode_flags(path: str) -> t.Optional[int]:
     """The inode flags of path (lsattr), without following a symlink; None where they cannot be read (the file
     system has none, or the file cannot be opened)."""
     try:
@@ -144,8 +138,7 @@ def inode_flags(path):
         os.close(fd)
 
 
-def _attribute_problem(path, what):
-    # type: (str, str) -> t.Optional[str]
+def _attribute_problem(path: str, what: str) -> t.Optional[str]:
     flags = inode_flags(path)
     if flags is None:
         return None
@@ -157,21 +150,19 @@ def _attribute_problem(path, what):
     return None
 
 
-def _existing_ancestor(directory):
-    # type: (str) -> str
+def _existing_ancestor(directory: str) -> str:
     while not os.path.lexists(directory) and os.path.dirname(directory) != directory:
         directory = os.path.dirname(directory)
     return directory
 
 
-def problems(path):
-    # type: (str) -> t.List[str]
+def problems(path: str) -> t.List[str]:
     """Why the persist file at path cannot be replaced, checked without reading it (each one sentence)."""
     if not path or not os.path.isabs(path):
         return ["persist_file must be an absolute path, got {0!r}; set it to an absolute path such as {1}; "
                 "nothing was written.".format(path, DEFAULT_PATH)]
     try:
-        mode = os.lstat(path).st_mode  # type: t.Optional[int]
+        mode: t.Optional[int] = os.lstat(path).st_mode
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
             return ["Cannot inspect persist_file {0}: {1}; nothing was written.".format(
@@ -187,7 +178,7 @@ def problems(path):
     if mode is not None and not stat.S_ISREG(mode):
         return ["persist_file {0} is {1}, not a regular file; point persist_file at a regular file; nothing was "
                 "written.".format(path, kind_of(mode))]
-    found = []  # type: t.List[str]
+    found: t.List[str] = []
     directory = os.path.dirname(path)
     ancestor = _existing_ancestor(directory)
     if not os.path.isdir(ancestor):
@@ -205,8 +196,7 @@ def problems(path):
     return found
 
 
-def _read_only(path):
-    # type: (str) -> bool
+def _read_only(path: str) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
@@ -215,15 +205,13 @@ def _read_only(path):
 
 # ---------------------------------------------------------------------------------------------- file I/O
 
-def _not_a_drop_in(path, why):
-    # type: (str, str) -> KsmError
+def _not_a_drop_in(path: str, why: str) -> KsmError:
     return KsmError("persist_file {0} does not look like a systemd-tmpfiles drop-in ({1}), so it is left as it "
                     "is and its content is not shown; choose a drop-in path such as {2}; nothing was written."
                     .format(path, why, DEFAULT_PATH), errno.EINVAL)
 
 
-def read_file(path):
-    # type: (str) -> str
+def read_file(path: str) -> str:
     """The text of the persist file; '' when it does not exist yet. Never follows a symlink and never returns the
     content of anything but a regular file of tmpfiles lines."""
     try:
@@ -273,18 +261,16 @@ def read_file(path):
     return text
 
 
-def change(path, request, root):
-    # type: (str, Values, str) -> Change
+def change(path: str, request: Values, root: str) -> Change:
     """(path, old text, new text) of the persist file for the requested values."""
     old = read_file(path)
     return path, old, persist_text(old, request, root)
 
 
-def stage_file(path, text):
-    # type: (str, str) -> str
+def stage_file(path: str, text: str) -> str:
     """Write text to a temporary file next to path (before any KSM write, so a bad path fails early), with the
     mode and owner of the file it replaces (0644 root for a new one). The caller registers it for cleanup."""
-    tmp = None  # type: t.Optional[str]
+    tmp: t.Optional[str] = None
     try:
         directory = os.path.dirname(path)
         if not os.path.isdir(directory):
@@ -310,8 +296,7 @@ def stage_file(path, text):
                        .format(path, os_remedy(path, exc.errno) or exc.strerror), exc.errno) from None
 
 
-def replace(tmp, path):
-    # type: (str, str) -> None
+def replace(tmp: str, path: str) -> None:
     """Move the staged file over path in one rename(2); KsmError when that fails (the caller rolls back)."""
     try:
         os.rename(tmp, path)

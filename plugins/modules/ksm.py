@@ -249,8 +249,7 @@ from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import KsmError
 Values = _plan.Values
 
 
-def stage(module, path, text):
-    # type: (AnsibleModule, str, str) -> str
+def stage(module: AnsibleModule, path: str, text: str) -> str:
     """The new persist file staged next to path (removed at exit whatever happens), with path's SELinux context."""
     tmp = _tmpfiles.stage_file(path, text)
     module.add_cleanup_file(tmp)
@@ -260,13 +259,16 @@ def stage(module, path, text):
     return tmp
 
 
-def write(module, ksm, plan, request, current, persist):
-    # type: (AnsibleModule, Sysfs, _plan.Plan, Values, Values, t.Optional[_tmpfiles.Change]) -> t.Tuple[Values, bool]
+def write(module: AnsibleModule,
+          ksm: Sysfs,
+          plan: _plan.Plan,
+          request: Values,
+          current: Values,
+          persist: t.Optional[_tmpfiles.Change]) -> t.Tuple[Values, bool]:
     """Stage the persist file, write KSM, then move the file in place; a failure of any step rolls KSM back."""
     tmp = stage(module, persist[0], persist[2]) if persist else None
 
-    def finish():
-        # type: () -> None
+    def finish() -> None:
         if tmp is not None and persist is not None:
             _tmpfiles.replace(tmp, persist[0])
 
@@ -279,8 +281,10 @@ def write(module, ksm, plan, request, current, persist):
             os.unlink(tmp)
 
 
-def apply(module, ksm, proc_root=_procfs.PROC_ROOT, problems=None):
-    # type: (AnsibleModule, Sysfs, str, t.Optional[t.List[str]]) -> t.Dict[str, t.Any]
+def apply(module: AnsibleModule,
+          ksm: Sysfs,
+          proc_root: str = _procfs.PROC_ROOT,
+          problems: t.Optional[t.List[str]] = None) -> t.Dict[str, t.Any]:
     """Read, validate, plan, write (unless check mode), persist; the result dict. The caller holds the host lock."""
     params = module.params
     request = _plan.requested(params)
@@ -297,15 +301,14 @@ def apply(module, ksm, proc_root=_procfs.PROC_ROOT, problems=None):
     if not module.check_mode:
         after, unmerged = write(module, ksm, plan, request, current, persist if file_changed else None)
     before, after = _plan.by_option(current, request), _plan.by_option(after, request)
-    result = dict(changed=plan.changes(current) or file_changed, unmerged=unmerged, before=before,
-                  after=after)  # type: t.Dict[str, t.Any]
+    result: t.Dict[str, t.Any] = dict(changed=plan.changes(current) or file_changed, unmerged=unmerged,
+                                      before=before, after=after)
     if module._diff:
         result["diff"] = _plan.diff(before, after, ksm.root, persist)
     return result
 
 
-def run(module, proc_root=_procfs.PROC_ROOT):
-    # type: (AnsibleModule, str) -> t.Dict[str, t.Any]
+def run(module: AnsibleModule, proc_root: str = _procfs.PROC_ROOT) -> t.Dict[str, t.Any]:
     """Check the options, then apply under the host lock (check mode too: a read while another run writes could
     report a half state)."""
     params = module.params
@@ -319,8 +322,7 @@ def run(module, proc_root=_procfs.PROC_ROOT):
         return apply(module, Sysfs(params["sysfs_path"]), proc_root, found)
 
 
-def main():
-    # type: () -> None
+def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     try:
         result = run(module)

@@ -518,24 +518,21 @@ from ansible_collections.kvmhost.ksm.plugins.module_utils._facts import collect
 from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import DEFAULT_ROOT
 
 
-def argument_spec():
-    # type: () -> dict
+def argument_spec() -> dict:
     return dict(
         processes=dict(type="int", default=10),
         sysfs_path=dict(type="path", default=DEFAULT_ROOT),
     )
 
 
-def main():
-    # type: () -> None
+def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     processes = module.params["processes"]
     if processes < 0:
         module.fail_json(msg="processes is {0}, but it must be 0 (skip the per-process part) or more; "
                              "set processes: 0 or a positive number.".format(processes))
 
-    def run_command(cmd):
-        # type: (t.List[str]) -> t.Tuple[int, str, str]
+    def run_command(cmd: t.List[str]) -> t.Tuple[int, str, str]:
         return module.run_command(cmd, environ_update={"LC_ALL": "C"})
 
     facts = collect(
