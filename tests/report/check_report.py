@@ -126,7 +126,7 @@ def check_page(page: Path, report: dict, work: Path, screenshot: Path) -> list[s
         raise Failed("console messages on the report page:\n" + "\n".join(console_lines(stderr)))
     done.append("no console message (and the check sees one on a broken page)")
     screenshot.parent.mkdir(parents=True, exist_ok=True)
-    chromium(page, work / "profile-shot", "--window-size=1280,1000", "--hide-scrollbars",
+    chromium(page, work / "profile-shot", "--window-size=1360,1300", "--hide-scrollbars",
              f"--screenshot={screenshot}")
     if not screenshot.exists() or screenshot.stat().st_size < 10000:
         raise Failed(f"chromium wrote no screenshot to {screenshot}")
