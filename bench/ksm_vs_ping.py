@@ -92,7 +92,7 @@ def measure(runs: int, tasks: int, root: str, workdir: str) -> dict[str, tuple[f
     print(f"ksm arguments ({len(args) - 1} knobs): {json.dumps(args, sort_keys=True)}")
     results = {}
     for shape, commands in (("adhoc", adhoc), ("playbook", books)):
-        times = {"ping": [], "ksm": []}  # type: t.Dict[str, t.List[float]]
+        times: dict[str, list[float]] = {"ping": [], "ksm": []}
         for _run in range(runs):
             for name in ("ping", "ksm"):
                 times[name].append(timed(commands[name], env)[0])

@@ -24,11 +24,10 @@ OPTION_FILE = {"state": "run"}
 
 def requests(i: int) -> tuple[bool, dict[str, t.Any], dict[str, t.Any]]:
     """(persist, request A, request B) of pair i: the same knobs, or with persist partly different ones."""
+    first = {"sleep_millisecs": 30 + i, "pages_to_scan": 300 + i}
     if i % 2:
-        return True, {"sleep_millisecs": 30 + i, "pages_to_scan": 300 + i}, {"sleep_millisecs": 60 + i,
-                                                                              "use_zero_pages": bool(i % 4 == 1)}
-    return False, {"sleep_millisecs": 30 + i, "pages_to_scan": 300 + i}, {"sleep_millisecs": 60 + i,
-                                                                           "pages_to_scan": 600 + i}
+        return True, first, {"sleep_millisecs": 60 + i, "use_zero_pages": bool(i % 4 == 1)}
+    return False, first, {"sleep_millisecs": 60 + i, "pages_to_scan": 600 + i}
 
 
 def drop_in(path: str) -> dict[str, str]:

@@ -72,14 +72,12 @@ LIMITS = {"uint": (0, _sysfs.UINT_MAX), "ulong": (0, _sysfs.ULONG_MAX), "int": (
 class Refusal(Exception):
     """The kernel's store function returned an error."""
 
-    def __init__(self, err):
-        # type: (int) -> None
+    def __init__(self, err: int) -> None:
         super(Refusal, self).__init__(os.strerror(err))
         self.errno = err
 
 
-def kstrtox(text, kind):
-    # type: (str, str) -> int
+def kstrtox(text: str, kind: str) -> int:
     """lib/kstrtox.c in base 10: an optional sign ('-' for signed kinds only), digits, at most one trailing newline."""
     body = text[:-1] if text.endswith("\n") else text
     sign = 1
@@ -96,8 +94,7 @@ def kstrtox(text, kind):
     return value
 
 
-def kstrtobool(text):
-    # type: (str) -> int
+def kstrtobool(text: str) -> int:
     """lib/kstrtox.c kstrtobool: judged by the first one or two characters."""
     first, second = text[:1].lower(), text[1:2].lower()
     if first in ("y", "1"):
@@ -111,18 +108,15 @@ def kstrtobool(text):
     raise Refusal(errno.EINVAL)
 
 
-def sysfs_streq(text, word):
-    # type: (str, str) -> bool
+def sysfs_streq(text: str, word: str) -> bool:
     return (text[:-1] if text.endswith("\n") else text) == word
 
 
-def mode_text(mode):
-    # type: (str) -> str
+def mode_text(mode: str) -> str:
     return " ".join("[{0}]".format(m) if m == mode else m for m in _sysfs.ADVISOR_MODES)
 
 
-def file_text(name, value):
-    # type: (str, t.Any) -> str
+def file_text(name: str, value: t.Any) -> str:
     """The text the kernel shows in file name for a typed value (or a text given as it is)."""
     if isinstance(value, bool):
         return "1" if value else "0"
@@ -133,8 +127,7 @@ def file_text(name, value):
     return str(value)
 
 
-def layout_files(layout, numa):
-    # type: (str, bool) -> t.List[str]
+def layout_files(layout: str, numa: bool) -> t.List[str]:
     """The file names of a kernel of that layout."""
     if layout not in LAYOUTS:
         raise ValueError("unknown layout {0!r}".format(layout))
@@ -149,18 +142,21 @@ def layout_files(layout, numa):
 class KernelModel(_sysfs.Sysfs):
     """The collection's Sysfs over a fake tree, with the kernel's write rules (see the module docstring)."""
 
-    def __init__(self, root, offline=False):
-        # type: (str, bool) -> None
+    def __init__(self, root: str, offline: bool = False) -> None:
         super(KernelModel, self).__init__(root)
         self.offline = offline
-        self.fail_at = None  # type: t.Optional[t.Tuple[int, int]]
+        self.fail_at: t.Optional[t.Tuple[int, int]] = None
         self.writes = 0
-        self.log = []  # type: t.List[t.Tuple[str, str, t.Optional[int]]]
-        self.refused = []  # type: t.List[t.Tuple[str, str, int]]
+        self.log: t.List[t.Tuple[str, str, t.Optional[int]]] = []
+        self.refused: t.List[t.Tuple[str, str, int]] = []
 
     @classmethod
-    def build(cls, root, layout="6.8", numa=True, offline=False, **values):
-        # type: (str, str, bool, bool, t.Any) -> KernelModel
+    def build(cls,
+              root: str,
+              layout: str = "6.8",
+              numa: bool = True,
+              offline: bool = False,
+              **values: t.Any) -> KernelModel:
         names = layout_files(layout, numa)
         unknown = set(values) - set(names)
         if unknown:
@@ -175,20 +171,17 @@ class KernelModel(_sysfs.Sysfs):
 
     # ------------------------------------------------------------------------------------------ the tree
 
-    def _store(self, name, text):
-        # type: (str, str) -> None
+    def _store(self, name: str, text: str) -> None:
         if name == "run" and self.offline:
             text = str(int(text) | OFFLINE)
         with open(os.path.join(self.root, name), "w") as f:
             f.write(text + "\n")
 
-    def _shown(self, name):
-        # type: (str) -> str
+    def _shown(self, name: str) -> str:
         with open(os.path.join(self.root, name)) as f:
             return f.read().strip()
 
-    def value(self, name):
-        # type: (str) -> t.Any
+    def value(self, name: str) -> t.Any:
         """The value the kernel holds, typed like the module's options (run as its state name, & 3)."""
         text = self._shown(name)
         if name == "run":
@@ -199,25 +192,22 @@ class KernelModel(_sysfs.Sysfs):
             return text == "1"
         return int(text)
 
-    def state(self):
-        # type: () -> Values
+    def state(self) -> Values:
         """Every writable knob of this kernel, typed."""
         return dict((k.name, self.value(k.name)) for k in _sysfs.TUNABLES
                     if os.path.exists(os.path.join(self.root, k.name)))
 
-    def statistic(self, name):
-        # type: (str) -> int
+    def statistic(self, name: str) -> int:
         return int(self._shown(name))
 
     # ------------------------------------------------------------------------------------------ write(2)
 
-    def write_text(self, name, text):
-        # type: (str, str) -> None
+    def write_text(self, name: str, text: str) -> None:
         if name not in _sysfs.KNOBS:
             raise ValueError("not a writable KSM file: {0!r}".format(name))
         path = os.path.join(self.root, name)
         self.writes += 1
-        err = None  # type: t.Optional[int]
+        err: t.Optional[int] = None
         if self.fail_at is not None and self.fail_at[0] == self.writes:
             err = self.fail_at[1]
             if name == "run" and text.strip() == "2" and err in (errno.ENOMEM, errno.EINTR):
@@ -234,8 +224,7 @@ class KernelModel(_sysfs.Sysfs):
         if err is not None:
             raise _sysfs.KsmError(_sysfs.explain(path, text, err, "6.8.0-model"), err)
 
-    def _kernel_store(self, name, text):
-        # type: (str, str) -> None
+    def _kernel_store(self, name: str, text: str) -> None:
         """The store function of mm/ksm.c for file name: refuse (Refusal) or change the tree."""
         has_mode = os.path.exists(os.path.join(self.root, "advisor_mode"))
         if name == "pages_to_scan" and has_mode and self.value("advisor_mode") != "none":

@@ -8,9 +8,9 @@ ansible-core's own entry for that, used by its test-module tool).
 ``run(module, args, collections_top, ...)`` runs one and returns a ``Run`` (rc, result, stdout, stderr, start, end).
 ``overlapping(module, [args, ...], collections_top, ...)`` starts one process per args list, lets each import
 everything, holds them at a barrier and releases them at the same instant, so the module bodies really overlap
-(on a 2-core machine within about a millisecond). ``in_order(pair)`` tells which run of a pair went first. ``top_of(module)`` is the directory holding ansible_collections/
-for an imported module of the collection (unit tests), a real-host test passes ANSIBLE_COLLECTIONS_PATH's first
-entry. Python 3.6+ (ansible-test runs the unit tests on 3.6 too).
+(on a 2-core machine within about a millisecond). ``in_order(pair)`` tells which run of a pair went first.
+``top_of(module)`` is the directory holding ansible_collections/ for an imported module of the collection (unit
+tests); a real-host test passes ANSIBLE_COLLECTIONS_PATH's first entry. Python 3.6+ (ansible-test runs the unit tests on 3.6 too).
 """
 
 import json
@@ -53,18 +53,15 @@ class Run(t.NamedTuple):
     end: float  # when the process exited
 
     @property
-    def output(self):
-        # type: () -> str
+    def output(self) -> str:
         return self.stdout + self.stderr
 
     @property
-    def failed(self):
-        # type: () -> bool
+    def failed(self) -> bool:
         return self.rc != 0 or bool(self.result.get("failed")) or not self.result
 
 
-def in_order(pair):
-    # type: (t.Sequence[t.Tuple[Run, t.Dict[str, t.Any]]]) -> t.List[t.Tuple[Run, t.Dict[str, t.Any]]]
+def in_order(pair: t.Sequence[t.Tuple[Run, t.Dict[str, t.Any]]]) -> t.List[t.Tuple[Run, t.Dict[str, t.Any]]]:
     """Two (run, request) of an overlapping pair as [earlier, later]: the later run's before holds the earlier
     run's request for the options both manage (it saw the finished state). Without shared options, by end time.
     AssertionError when neither or both saw the other's values: the runs were not one after the other."""
@@ -82,8 +79,7 @@ def in_order(pair):
     return [(a, request_a), (b, request_b)] if b_saw_a else [(b, request_b), (a, request_a)]
 
 
-def top_of(imported):
-    # type: (t.Any) -> str
+def top_of(imported: t.Any) -> str:
     """The directory that holds ansible_collections/ for an imported module of this collection."""
     path = os.path.abspath(imported.__file__)
     top = path
@@ -94,8 +90,10 @@ def top_of(imported):
     return top
 
 
-def payload(args, check=False, diff=False, tmpdir=None):
-    # type: (t.Dict[str, t.Any], bool, bool, t.Optional[str]) -> t.Dict[str, t.Any]
+def payload(args: t.Dict[str, t.Any],
+            check: bool = False,
+            diff: bool = False,
+            tmpdir: t.Optional[str] = None) -> t.Dict[str, t.Any]:
     """The JSON a module receives: the task's arguments plus the internal ones Ansible adds (2.16 .. 2.21)."""
     internal = {"_ansible_check_mode": check, "_ansible_diff": diff, "_ansible_verbosity": 0,
                 "_ansible_debug": False, "_ansible_no_log": False, "_ansible_keep_remote_files": False}
@@ -104,8 +102,15 @@ def payload(args, check=False, diff=False, tmpdir=None):
     return {"ANSIBLE_MODULE_ARGS": dict(args, **internal)}
 
 
-def _start(module, args, top, work, index, check, diff, barrier, python):
-    # type: (str, t.Dict[str, t.Any], str, str, int, bool, bool, str, str) -> t.Tuple[subprocess.Popen, str, str]
+def _start(module: str,
+           args: t.Dict[str, t.Any],
+           top: str,
+           work: str,
+           index: int,
+           check: bool,
+           diff: bool,
+           barrier: str,
+           python: str) -> t.Tuple[subprocess.Popen, str, str]:
     tmp = os.path.join(work, "tmp{0}".format(index))
     os.makedirs(tmp)
     args_file = os.path.join(work, "args{0}.json".format(index))
@@ -119,8 +124,7 @@ def _start(module, args, top, work, index, check, diff, barrier, python):
     return proc, ready, times
 
 
-def _finish(proc, times, timeout):
-    # type: (subprocess.Popen, str, float) -> Run
+def _finish(proc: subprocess.Popen, times: str, timeout: float) -> Run:
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -140,8 +144,13 @@ def _finish(proc, times, timeout):
     return Run(proc.returncode, result if isinstance(result, dict) else {}, stdout, stderr, start, end)
 
 
-def overlapping(module, arg_lists, top, check=False, diff=False, timeout=TIMEOUT, python=sys.executable):
-    # type: (str, t.Sequence[t.Dict[str, t.Any]], str, bool, bool, float, str) -> t.List[Run]
+def overlapping(module: str,
+                arg_lists: t.Sequence[t.Dict[str, t.Any]],
+                top: str,
+                check: bool = False,
+                diff: bool = False,
+                timeout: float = TIMEOUT,
+                python: str = sys.executable) -> t.List[Run]:
     """Run the module once per args, all released at one instant from a barrier; the Runs in args order."""
     work = tempfile.mkdtemp(prefix="kvmhost-module.")
     barrier = os.path.join(work, "go")
@@ -157,8 +166,13 @@ def overlapping(module, arg_lists, top, check=False, diff=False, timeout=TIMEOUT
     return runs
 
 
-def run(module, args, top, check=False, diff=False, timeout=TIMEOUT, python=sys.executable):
-    # type: (str, t.Dict[str, t.Any], str, bool, bool, float, str) -> Run
+def run(module: str,
+        args: t.Dict[str, t.Any],
+        top: str,
+        check: bool = False,
+        diff: bool = False,
+        timeout: float = TIMEOUT,
+        python: str = sys.executable) -> Run:
     """Run the module once in a process of its own."""
     work = tempfile.mkdtemp(prefix="kvmhost-module.")
     proc, _ready, times = _start(module, args, top, work, 0, check, diff, "-", python)
@@ -167,8 +181,7 @@ def run(module, args, top, check=False, diff=False, timeout=TIMEOUT, python=sys.
     return result
 
 
-def _remove(path):
-    # type: (str) -> None
+def _remove(path: str) -> None:
     for base, dirs, files in os.walk(path, topdown=False):
         for name in files:
             os.unlink(os.path.join(base, name))
