@@ -156,7 +156,7 @@ class KernelModel(_sysfs.Sysfs):
               layout: str = "6.8",
               numa: bool = True,
               offline: bool = False,
-              **values: t.Any) -> KernelModel:
+              **values: t.Any) -> "KernelModel":
         names = layout_files(layout, numa)
         unknown = set(values) - set(names)
         if unknown:
