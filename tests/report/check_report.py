@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a QEMU guest name that must be among the top guests")
     parser.add_argument("--out", help="where the report goes (default: a temporary directory)")
     parser.add_argument("--screenshot", default=str(REPO / "build" / "report" / "ksm-report.png"))
+    parser.add_argument("--top", type=int, default=10, help="ksm_report_top: how many guests the report lists")
     parser.add_argument("--venv", default=str(REPO / ".venv"))
     args = parser.parse_args(argv)
     try:
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             expect = {**DEFAULT_EXPECT, **expect}
         env = collection.ansible_env(args.venv)
         cmd = [str(Path(args.venv) / "bin" / "ansible-playbook"), "kvmhost.ksm.report", "-i", str(inventory),
-               "-e", f"ksm_report_dir={out}"]
+               "-e", f"ksm_report_dir={out}", "-e", f"ksm_report_top={args.top}"]
         print("check_report: " + " ".join(cmd), flush=True)
         if subprocess.run(cmd, env=env, cwd=work, check=False).returncode:
             print("check_report: FAILED: the report playbook failed (output above)", file=sys.stderr)

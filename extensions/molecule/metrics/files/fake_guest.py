@@ -1,3 +1,5 @@
+# Copyright (c) kvmhost.ksm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A process that looks like a QEMU guest to ksm_facts and costs KSM more than it saves.
 
 Run as: exec -a qemu-system-x86_64 python3 fake_guest.py -name guest=NAME. It renames itself (comm
