@@ -74,14 +74,14 @@ import typing as t
 from ansible.errors import AnsibleFilterError
 
 try:
-    import jmespath
+    import jmespath  # type: ignore[import-untyped]
 except ImportError:  # checked when the filter is used: a clear message instead of an import error
     jmespath = None
 
 Row = t.Dict[str, t.Any]
 
 # One host's facts -> its row fields (JMESPath multiselect over ansible_facts.ksm).
-ROW = jmespath.compile(
+ROW = (
     "{kernel_release: kernel_release, state: state, saved_bytes: saved_bytes, profit_bytes: profit_bytes,"
     " profit_source: profit_source, ksmd_cpu_seconds: ksmd.cpu_seconds,"
     " merge_across_nodes: tunables.merge_across_nodes,"
@@ -89,12 +89,12 @@ ROW = jmespath.compile(
     " memory_nodes: length(numa.memory_nodes || `[]`),"
     " ksmtuned_pids: services.ksmtuned_pids || `[]`, advisor_mode: tunables.advisor_mode,"
     " pages_to_scan: tunables.pages_to_scan, advisor_min_pages_to_scan: tunables.advisor_min_pages_to_scan}"
-) if jmespath else None
-GUESTS = jmespath.compile("reverse(sort_by([?guest], &merged_bytes))") if jmespath else None
-TOTALS = jmespath.compile(
+)
+GUESTS = "reverse(sort_by([?guest], &merged_bytes))"
+TOTALS = (
     "{hosts: length(@), available: length([?status == 'ok']), saved_bytes: sum([?status == 'ok'].saved_bytes),"
     " profit_bytes: sum([?status == 'ok'].profit_bytes), ksmd_cpu_seconds: sum([?ksmd_cpu_seconds].ksmd_cpu_seconds)}"
-) if jmespath else None
+)
 
 
 def _mode(row):
@@ -118,7 +118,7 @@ def host_row(host, result):
     if not facts.get("available"):
         return dict(row, status="unavailable", reason=facts.get("reason") or "KSM is not available",
                     kernel_release=facts.get("kernel_release"))
-    row.update(ROW.search(facts))
+    row.update(jmespath.search(ROW, facts))
     row["mode"] = _mode(row)
     row["ksmtuned_running"] = bool(row["ksmtuned_pids"])
     both = row["ksmtuned_running"] and row["advisor_mode"] == "scan-time"  # both set pages_to_scan
@@ -146,8 +146,8 @@ def ksm_report(results, top=10, generated=""):
     processes = [p for row in rows for p in row.pop("processes", [])]
     guests = [{"host": p["host"], "guest": p["guest"], "pid": p["pid"], "comm": p.get("comm"),
                "merged_bytes": p.get("merged_bytes", 0), "profit_bytes": p.get("profit_bytes")}
-              for p in GUESTS.search(processes) or []][:max(top, 0)]
-    totals = TOTALS.search(rows)
+              for p in jmespath.search(GUESTS, processes) or []][:max(top, 0)]
+    totals = jmespath.search(TOTALS, rows)
     totals["guests"] = len([p for p in processes if p.get("guest")])
     cpu = totals["ksmd_cpu_seconds"] or 0
     for row in rows:
