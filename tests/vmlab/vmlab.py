@@ -1,17 +1,20 @@
-"""VM lab: Debian 12 guests under qemu, cloned from a booted snapshot in seconds.
+"""VM lab: Debian guests under qemu, cloned from a booted snapshot in seconds.
 
-    tests/vmlab/vmlab image                         build (or reuse) the guest image
-    tests/vmlab/vmlab template [FLAVOR...]          boot the image once per flavor and save a snapshot (cached)
-    tests/vmlab/vmlab clone --flavor F NAME...      start guests from the snapshot; prints their connection data (JSON)
+    tests/vmlab/vmlab image [--release R]           build (or reuse) the guest image of a release
+    tests/vmlab/vmlab template [--release R] [FLAVOR...]   boot the image once per flavor and save a snapshot (cached)
+    tests/vmlab/vmlab clone --flavor F [--release R] NAME...   start guests from the snapshot; prints their
+                                                    connection data (JSON)
     tests/vmlab/vmlab stop NAME... | stop-all       stop guests started by this lab (by pid, never anything else)
     tests/vmlab/vmlab ssh NAME [COMMAND...]         ssh into a running guest
     tests/vmlab/vmlab status | accel                list running guests | print the accelerator the lab uses
 
+Releases: `debian12` (bookworm, kernel 6.1; the default) and `debian13` (trixie, kernel 6.12), each its own image.
 Flavors: `uni` (1 vCPU, 768 MiB, one NUMA node) and `numa` (2 vCPUs, 2 x 512 MiB, two NUMA nodes).
 
-Caching: everything lives in <repo>/.cache/vmlab (gitignored). The image is keyed by a hash of build-image and the
-rootfs builder it layers on, a template by the image key, this file, the accelerator and the flavor: editing any of
-them rebuilds what depends on it on the next run, and stale entries are removed.
+Caching: everything lives in <repo>/.cache/vmlab (gitignored). An image is keyed by its release and a hash of
+build-image and the rootfs builder it layers on, a template by the image key, this file, the accelerator and the
+flavor: editing any of them rebuilds what depends on it on the next run, and stale entries are removed. Each image
+and template has its own lock: the two releases build in parallel.
 
 Accelerator: KVM when /dev/kvm exists *and* a probe boot of the guest kernel (to its "no root file system" panic)
 finishes with it within seconds; otherwise TCG (software emulation). Machines whose /dev/kvm cannot boot a stock
@@ -44,6 +47,8 @@ STATE = Path(os.environ.get("VMLAB_STATE_DIR", CACHE / "guests"))
 BUILD_IMAGE = HERE / "build-image"
 ROOTFS_BUILDER = REPO / "tests" / "hosts" / "build-rootfs"
 SNAPSHOT = "ready"
+RELEASES = {"debian12": "bookworm", "debian13": "trixie"}
+DEFAULT_RELEASE = "debian12"
 
 FLAVORS = {
     "uni": ["-smp", "1", "-m", "768"],
@@ -84,13 +89,16 @@ def file_bytes(path: Path) -> bytes:
 
 
 class CacheLock:
-    """One builder at a time per cache directory (flock; released when the process ends)."""
+    """One builder at a time per cache entry (flock on .lock-NAME; released when the process ends)."""
 
     fd: int
 
+    def __init__(self, name: str) -> None:
+        self.name = name
+
     def __enter__(self) -> "CacheLock":
         CACHE.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(CACHE / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        self.fd = os.open(CACHE / f".lock-{self.name}", os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
@@ -100,13 +108,19 @@ class CacheLock:
 
 # ---------------------------------------------------------------------------------------------------------- image
 
-def image_key() -> str:
+def check_release(release: str) -> str:
+    if release not in RELEASES:
+        raise LabError(f"unknown release {release}; releases: {', '.join(RELEASES)}")
+    return release
+
+
+def image_key(release: str) -> str:
     src = os.environ.get("VMLAB_ROOTFS_SRC", "")
-    return sha(file_bytes(BUILD_IMAGE), file_bytes(ROOTFS_BUILDER), src)
+    return sha(file_bytes(BUILD_IMAGE), file_bytes(ROOTFS_BUILDER), src, RELEASES[release])
 
 
-def image_dir() -> Path:
-    return CACHE / f"image-{image_key()}"
+def image_dir(release: str) -> Path:
+    return CACHE / f"image-{release}-{image_key(release)}"
 
 
 def prune(pattern: str, keep: Path) -> None:
@@ -119,25 +133,26 @@ def prune(pattern: str, keep: Path) -> None:
                 old.unlink()
 
 
-def ensure_image() -> Path:
-    out = image_dir()
+def ensure_image(release: str = DEFAULT_RELEASE) -> Path:
+    out = image_dir(release)
     if (out / "image.json").exists():
         return out
-    with CacheLock():
+    with CacheLock(f"image-{release}"):
         if (out / "image.json").exists():
             return out
-        log(f"building the guest image {out.name} (cache miss)")
+        log(f"building the {release} guest image {out.name} (cache miss)")
         start = time.monotonic()
         tmp = CACHE / f"{out.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        proc = subprocess.run([str(BUILD_IMAGE), str(tmp)], check=False)
+        proc = subprocess.run([str(BUILD_IMAGE), "--suite", RELEASES[release], str(tmp)], check=False)
         if proc.returncode:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise LabError(f"tests/vmlab/build-image failed (exit {proc.returncode}); its log is above.")
+            raise LabError(f"tests/vmlab/build-image --suite {RELEASES[release]} failed (exit {proc.returncode}); "
+                           "its log is above.")
         tmp.rename(out)
-        prune("image-*", out)
-        log(f"image built in {time.monotonic() - start:.0f} s")
-        record_timing("image_build_s", time.monotonic() - start)
+        prune(f"image-{release}-*", out)
+        log(f"{release} image built in {time.monotonic() - start:.0f} s")
+        record_timing(f"image_{release}_build_s", time.monotonic() - start)
     return out
 
 
@@ -164,15 +179,15 @@ def probe_accel(img: Path) -> str:
     kernel = img / "vmlinuz"
     cache = CACHE / "accel.json"
     ident = sha(file_bytes(kernel), os.uname().release, qemu_version())
-    try:
-        data = json.loads(cache.read_text())
-        if data.get("ident") == ident:
-            return str(data["accel"])
-    except (OSError, ValueError, KeyError):
-        pass
+    try:  # one probe per guest kernel (each release has its own), qemu and host kernel
+        known = json.loads(cache.read_text()).get("probes", {})
+    except (OSError, ValueError, AttributeError):
+        known = {}
+    if ident in known:
+        return str(known[ident])
     # Boot the guest kernel without a root file system: a working KVM reaches the panic in ~1 s and qemu exits
     # (-no-reboot); a /dev/kvm that cannot run stock kernels aborts at once or hangs (killed after the timeout).
-    logfile = CACHE / "accel-probe.log"
+    logfile = CACHE / f"accel-probe-{ident}.log"
     logfile.unlink(missing_ok=True)
     start = time.monotonic()
     proc = subprocess.Popen(["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
@@ -189,7 +204,8 @@ def probe_accel(img: Path) -> str:
     reason = (err or b"").decode(errors="replace").strip().splitlines()[:1] or ["no panic within 20 s"]
     outcome = "booted" if accel == "kvm" else "failed"
     log(f"KVM probe: {outcome} after {time.monotonic() - start:.1f} s ({reason[0]}) -> using {accel}")
-    cache.write_text(json.dumps({"ident": ident, "accel": accel}))
+    known[ident] = accel
+    cache.write_text(json.dumps({"probes": known}))
     return accel
 
 
@@ -203,6 +219,7 @@ def qemu_version() -> str:
 class Guest:
     def __init__(self, name: str, flavor: str, gdir: str | Path) -> None:
         self.name, self.flavor, self.dir = name, flavor, Path(gdir)
+        self.release = DEFAULT_RELEASE
         self.disk = self.dir / "disk.qcow2"
         self.pidfile = self.dir / "qemu.pid"
         self.monitor = self.dir / "mon"
@@ -254,7 +271,8 @@ class Guest:
         self.save()
 
     def save(self) -> dict[str, t.Any]:
-        info = {"name": self.name, "flavor": self.flavor, "address": "127.0.0.1", "port": self.port,
+        info = {"name": self.name, "flavor": self.flavor, "release": self.release, "address": "127.0.0.1",
+                "port": self.port,
                 "user": "root", "identity_file": str(self.key), "pid": self.pid(), "dir": str(self.dir)}
         (self.dir / "guest.json").write_text(json.dumps(info, indent=1) + "\n")
         return info
@@ -264,6 +282,7 @@ class Guest:
         info = json.loads((Path(gdir) / "guest.json").read_text())
         guest = cls(info["name"], info["flavor"], gdir)
         guest.port, guest.key = info["port"], Path(info["identity_file"])
+        guest.release = info.get("release", DEFAULT_RELEASE)
         return guest
 
     def hmp(self, command: str, timeout: float = 120) -> str:
@@ -363,10 +382,10 @@ def cpu_model() -> str:
     return "?"
 
 
-def template_path(flavor: str, accel: str) -> Path:
+def template_path(flavor: str, accel: str, release: str) -> Path:
     # A KVM snapshot holds the host CPU's model (-cpu host): it only restores on the same kind of CPU.
-    key = sha(image_key(), file_bytes(Path(__file__)), accel, flavor, cpu_model() if accel == "kvm" else "")
-    return CACHE / f"template-{flavor}-{key}.qcow2"
+    key = sha(image_key(release), file_bytes(Path(__file__)), accel, flavor, cpu_model() if accel == "kvm" else "")
+    return CACHE / f"template-{release}-{flavor}-{key}.qcow2"
 
 
 # Warm the guest's page cache with what Ansible modules import, so every clone starts with it in RAM.
@@ -375,17 +394,18 @@ WARMUP = ("python3 -c 'import json, os, sys, subprocess, shlex, tempfile, zipfil
           "&& systemctl is-active ksm.service ksmtuned.service >/dev/null && sync")
 
 
-def build_template(flavor: str, img: Path, accel: str) -> Path:
-    out = template_path(flavor, accel)
+def build_template(flavor: str, img: Path, accel: str, release: str) -> Path:
+    out = template_path(flavor, accel, release)
     if out.exists():
         return out
-    log(f"building the {flavor} template (cold boot, {accel})")
+    log(f"building the {release} {flavor} template (cold boot, {accel})")
     start = time.monotonic()
     # The template guest is recorded in this run's state directory like any guest: stop-all stops it too.
-    gdir = STATE / f"template-{flavor}"
+    gdir = STATE / f"template-{release}-{flavor}"
     shutil.rmtree(gdir, ignore_errors=True)
     gdir.mkdir(parents=True)
     guest = Guest(gdir.name, flavor, gdir)
+    guest.release = release
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(img / "disk.raw"),
                     str(guest.disk)], check=True)
     try:
@@ -410,36 +430,37 @@ def build_template(flavor: str, img: Path, accel: str) -> Path:
     tmp.rename(out)
     shutil.rmtree(gdir, ignore_errors=True)
     total = time.monotonic() - start
-    log(f"{flavor} template ready: ssh after {booted:.0f} s, settled {settled:.0f} s, snapshot saved, "
+    log(f"{release} {flavor} template ready: ssh after {booted:.0f} s, settled {settled:.0f} s, snapshot saved, "
         f"{total:.0f} s in all")
-    record_timing(f"template_{flavor}_boot_to_ssh_s", booted)
-    record_timing(f"template_{flavor}_total_s", total)
+    record_timing(f"template_{release}_{flavor}_boot_to_ssh_s", booted)
+    record_timing(f"template_{release}_{flavor}_total_s", total)
     return out
 
 
-def ensure_templates(flavors: list[str]) -> tuple[Path, str, dict[str, Path]]:
-    img = ensure_image()
+def ensure_templates(flavors: list[str], release: str = DEFAULT_RELEASE) -> tuple[Path, str, dict[str, Path]]:
+    img = ensure_image(release)
     accel = probe_accel(img)
-    wanted = {f: template_path(f, accel) for f in flavors}
+    wanted = {f: template_path(f, accel, release) for f in flavors}
     if all(p.exists() for p in wanted.values()):
         return img, accel, wanted
-    with CacheLock():
+    with CacheLock(f"templates-{release}"):
         todo = [f for f, p in wanted.items() if not p.exists()]
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(todo)) as pool:
-            futures = [pool.submit(build_template, f, img, accel) for f in todo]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+            futures = [pool.submit(build_template, f, img, accel, release) for f in todo]
             for fut in futures:
                 fut.result()
         keep = set(wanted.values())
-        for old in CACHE.glob("template-*.qcow2"):
-            if old not in keep and old.name.split("-")[1] in wanted:
-                log(f"removing stale template {old.name}")
-                old.unlink()
+        for flavor in wanted:
+            for old in CACHE.glob(f"template-{release}-{flavor}-*.qcow2"):
+                if old not in keep:
+                    log(f"removing stale template {old.name}")
+                    old.unlink()
     return img, accel, wanted
 
 
 # ---------------------------------------------------------------------------------------------------------- clones
 
-def clone_one(name: str, flavor: str, img: Path, accel: str, template: Path) -> dict[str, t.Any]:
+def clone_one(name: str, flavor: str, release: str, img: Path, accel: str, template: Path) -> dict[str, t.Any]:
     start = time.monotonic()
     gdir = STATE / name
     old = Guest(name, flavor, gdir)
@@ -449,6 +470,7 @@ def clone_one(name: str, flavor: str, img: Path, accel: str, template: Path) -> 
     shutil.rmtree(gdir, ignore_errors=True)
     gdir.mkdir(parents=True)
     guest = Guest(name, flavor, gdir)
+    guest.release = release
     subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(template), str(guest.disk)], check=True)
     try:
         guest.start(img, accel, loadvm=True)
@@ -462,16 +484,18 @@ def clone_one(name: str, flavor: str, img: Path, accel: str, template: Path) -> 
         raise
     info = guest.save()
     info["seconds"] = round(time.monotonic() - start, 1)
-    log(f"guest {name} ({flavor}) up: ssh after {up:.1f} s, ready after {info['seconds']:.1f} s, port {guest.port}, "
-        f"pid {info['pid']}")
+    log(f"guest {name} ({release} {flavor}) up: ssh after {up:.1f} s, ready after {info['seconds']:.1f} s, "
+        f"port {guest.port}, pid {info['pid']}")
     return info
 
 
 def cmd_clone(args: argparse.Namespace) -> None:
-    img, accel, templates = ensure_templates([args.flavor])
+    release = check_release(args.release)
+    img, accel, templates = ensure_templates([args.flavor], release)
     STATE.mkdir(parents=True, exist_ok=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(args.names)) as pool:
-        futures = [pool.submit(clone_one, n, args.flavor, img, accel, templates[args.flavor]) for n in args.names]
+        futures = [pool.submit(clone_one, n, args.flavor, release, img, accel, templates[args.flavor])
+                   for n in args.names]
         infos: list[dict[str, t.Any]] = []
         errors: list[str] = []
         for fut in futures:
@@ -524,7 +548,8 @@ def cmd_stop_all(args: argparse.Namespace) -> None:
 def cmd_status(args: argparse.Namespace) -> None:
     for guest in running_guests():
         pid = guest.pid()
-        print(f"{guest.name:<20} {guest.flavor:<5} port {guest.port!s:<6} {f'pid {pid}' if pid else 'not running'}")
+        state = f"pid {pid}" if pid else "not running"
+        print(f"{guest.name:<20} {guest.release:<8} {guest.flavor:<5} port {guest.port!s:<6} {state}")
 
 
 def cmd_ssh(args: argparse.Namespace) -> None:
@@ -535,11 +560,14 @@ def cmd_ssh(args: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("image")
+    p = sub.add_parser("image")
+    p.add_argument("--release", default=DEFAULT_RELEASE, choices=list(RELEASES))
     p = sub.add_parser("template")
+    p.add_argument("--release", default=DEFAULT_RELEASE, choices=list(RELEASES))
     p.add_argument("flavors", nargs="*", help=f"{' '.join(FLAVORS)} (default: all)")
     p = sub.add_parser("clone")
     p.add_argument("--flavor", default="uni", choices=list(FLAVORS))
+    p.add_argument("--release", default=DEFAULT_RELEASE, choices=list(RELEASES))
     p.add_argument("names", nargs="+")
     p = sub.add_parser("stop")
     p.add_argument("--keep", action="store_true", help="keep the guest directory (disk, serial log)")
@@ -554,14 +582,14 @@ def main() -> int:
     args = parser.parse_args()
     try:
         if args.cmd == "image":
-            print(ensure_image())
+            print(ensure_image(args.release))
         elif args.cmd == "template":
             unknown = set(args.flavors) - set(FLAVORS)
             if unknown:
                 raise LabError(f"unknown flavor {', '.join(sorted(unknown))}; flavors: {', '.join(FLAVORS)}")
-            _key, accel, paths = ensure_templates(args.flavors or list(FLAVORS))
+            _key, accel, paths = ensure_templates(args.flavors or list(FLAVORS), args.release)
             for flavor, path in paths.items():
-                print(f"{flavor} {accel} {path}")
+                print(f"{args.release} {flavor} {accel} {path}")
         elif args.cmd == "accel":
             print(probe_accel(ensure_image()))
         else:
