@@ -20,7 +20,7 @@ import platform
 import sys
 import typing as t
 
-from ansible_collections.kvmhost.ksm.plugins.module_utils import _procfs
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _managers, _memory, _procfs
 from ansible_collections.kvmhost.ksm.plugins.module_utils._procfs import PROC_ROOT
 from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
     DEFAULT_ROOT,
@@ -34,8 +34,8 @@ from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
 
 NODE_ROOT = "/sys/devices/system/node"
 SYSTEMD_ROOT = "/run/systemd/system"  # exists only while systemd is the running service manager
-SERVICE_UNITS = ("ksm.service", "ksmtuned.service", "qemu-kvm.service")
-ALWAYS_REPORTED_UNITS = ("ksm.service", "ksmtuned.service")  # qemu-kvm.service (Ubuntu) only where it exists
+SERVICE_UNITS = ("ksm.service", "ksmtuned.service", "qemu-kvm.service", "tuned.service")
+ALWAYS_REPORTED_UNITS = ("ksm.service", "ksmtuned.service")  # qemu-kvm.service (Ubuntu), tuned only where they exist
 UNIT_PROPERTIES = ("Id", "LoadState", "ActiveState", "UnitFileState")
 UNKNOWN = "unknown"
 
@@ -315,28 +315,38 @@ def scan_proc(proc_root: str = PROC_ROOT,
               limit: int = 10,
               page_size: int = 4096,
               source: t.Optional[str] = None) -> Facts:
-    """One pass over proc_root: ksmtuned processes and the top `limit` processes by merged pages. Per pid it reads
-    stat and, when limit > 0, the per-process KSM file. Entries that vanish or cannot be read are skipped.
-    Returns {"ksmtuned_pids": [...], "processes": [...], "source": ...} (processes sorted)."""
+    """One pass over proc_root: the processes of other KSM managers and numad (by comm), QEMU guests (command line
+    and VmRSS), the top `limit` processes by merged pages and the services whose processes merge all their memory
+    (ksm_merge_any). Per pid it reads stat and, when limit > 0, the per-process KSM file. Entries that vanish or
+    cannot be read are skipped. Returns {"ksmtuned_pids": [...], "comm_pids": {comm: [...]}, "guests": [(given,
+    resident), ...], "processes": [...], "merging_services": [...], "source": ...} (processes sorted)."""
     if limit > 0 and source is None:
         source = _procfs.process_source(proc_root)
     # 6.1: merged pages from ksm_merging_pages, rmap items from ksm_stat (read only for processes with merged pages)
     stat_too = source == "ksm_merging_pages" and _procfs.has_process_file("self", "ksm_stat", proc_root)
-    ksmtuned: t.List[int] = []
+    comm_pids: t.Dict[str, t.List[int]] = dict((comm, []) for comm in _managers.WATCHED_COMMS)
+    guests: t.List[t.Tuple[int, t.Optional[int]]] = []
     records: t.List[Facts] = []
+    merge_any: t.List[Facts] = []
     comms: t.Dict[int, str] = {}
     for pid in _procfs.pids(proc_root):
         stat = _procfs.read_proc_stat(pid, proc_root)
         if stat is None:
             continue  # exited meanwhile, or unreadable
-        if stat.comm == "ksmtuned":
-            ksmtuned.append(pid)
+        if stat.comm in comm_pids:
+            comm_pids[stat.comm].append(pid)
+        if stat.ppid != _procfs.KTHREADD_PID and (stat.comm.startswith("qemu") or stat.comm == "kvm"):
+            argv = _procfs.read_cmdline(pid, proc_root)
+            if is_qemu(stat.comm, argv):
+                guests.append((_memory.qemu_memory(argv), _procfs.process_rss(pid, proc_root)))
         if limit <= 0 or source is None or stat.ppid == _procfs.KTHREADD_PID or pid == _procfs.KTHREADD_PID:
             continue  # kernel threads have no memory of their own
         try:
             record = _process_record(pid, source, _procfs.read_process_file(pid, source, proc_root))
         except (IOError, OSError, ValueError):
             continue
+        if record and record.get("merge_any"):
+            merge_any.append(record)
         if record and (record["merging_pages"] or record.get("zero_pages")):
             if stat_too:
                 rmap = _rmap_items(pid, proc_root)
@@ -353,8 +363,33 @@ def scan_proc(proc_root: str = PROC_ROOT,
         record["merged_bytes"] = (record["merging_pages"] + record.get("zero_pages", 0)) * page_size
         argv = _procfs.read_cmdline(pid, proc_root)
         record["guest"] = qemu_guest_name(argv) if is_qemu(record["comm"], argv) else None
+        unit = _procfs.process_unit(pid, proc_root)
+        if unit:
+            record["unit"] = unit  # the systemd service or scope, where it has one
         processes.append(record)
-    return {"ksmtuned_pids": sorted(ksmtuned), "processes": processes, "source": source}
+    return {"ksmtuned_pids": sorted(comm_pids["ksmtuned"]),
+            "comm_pids": dict((comm, sorted(found)) for comm, found in comm_pids.items()),
+            "guests": guests, "processes": processes, "source": source,
+            "merging_services": merging_services(merge_any, page_size, proc_root)}
+
+
+def merging_services(records: t.List[Facts], page_size: int, proc_root: str = PROC_ROOT) -> t.List[Facts]:
+    """Per systemd unit, its processes that merge all their memory (ksm_merge_any: MemoryKSM=yes or a prctl):
+    pids, merged pages and bytes, and the kernel's profit where it has one; sorted by unit ('' for no unit)."""
+    units: t.Dict[str, Facts] = {}
+    for record in records:
+        unit = _procfs.process_unit(record["pid"], proc_root) or ""
+        entry = units.setdefault(unit, {"unit": unit or None, "pids": [], "merging_pages": 0, "merged_bytes": 0,
+                                        "profit_bytes": 0 if "profit_bytes" in record else None})
+        entry["pids"].append(record["pid"])
+        pages = record["merging_pages"] + record.get("zero_pages", 0)
+        entry["merging_pages"] += pages
+        entry["merged_bytes"] += pages * page_size
+        if entry["profit_bytes"] is not None and "profit_bytes" in record:
+            entry["profit_bytes"] += record["profit_bytes"]
+    for entry in units.values():
+        entry["pids"].sort()
+    return [units[unit] for unit in sorted(units)]
 
 
 def ksmd_facts(proc_root: str = PROC_ROOT, clock_ticks: t.Optional[int] = None) -> t.Optional[Facts]:
@@ -393,6 +428,9 @@ def unavailable(sysfs_root: str, release: str, page_size: int, reason: str) -> F
         "ksmd": None,
         "services": None,
         "processes": [],
+        "memory": None,
+        "managers": [],
+        "merging_services": [],
     }
 
 
@@ -401,9 +439,10 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
             run_command: t.Optional[RunCommand] = None, systemctl: t.Optional[str] = None,
             page_size: t.Optional[int] = None, clock_ticks: t.Optional[int] = None, euid: t.Optional[int] = None,
             release: t.Optional[str] = None, bits: t.Optional[int] = None,
-            warn: t.Optional[t.Callable[[str], None]] = None) -> Facts:
+            warn: t.Optional[t.Callable[[str], None]] = None, root: str = "/") -> Facts:
     """Everything ansible_facts.ksm holds. Never writes; never fails on a host without KSM. A KSM file other than
-    run that cannot be read is null, with a warning through warn; an unreadable run makes KSM unavailable."""
+    run that cannot be read is null, with a warning through warn; an unreadable run makes KSM unavailable.
+    root: the file system root of the configuration files the manager detection reads (tests pass a fake tree)."""
     page_size = page_size or _procfs.page_size()
     clock_ticks = clock_ticks or _procfs.clock_ticks()
     release = release or kernel_release()
@@ -428,6 +467,7 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
     statistics = read_values(ksm, STATISTIC_NAMES, warn)
     can_write, why_not = writable(sysfs_root, euid)
     scan = scan_proc(proc_root, processes, page_size)
+    services = service_facts(run_command, systemctl, systemd_root)
     facts: Facts = {
         "available": True,
         "reason": "",
@@ -447,10 +487,15 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
         },
         "numa": numa_facts(node_root, t.cast(t.Optional[bool], tunables.get("merge_across_nodes"))),
         "ksmd": ksmd_facts(proc_root, clock_ticks),
-        "services": service_facts(run_command, systemctl, systemd_root),
+        "services": services,
         "processes": scan["processes"],
+        "merging_services": scan["merging_services"],
+        "managers": _managers.detect(services["units"], scan["comm_pids"], root),
     }
+    facts["numa"]["numad_pids"] = scan["comm_pids"]["numad"]
+    facts["numa"]["numad_running"] = bool(scan["comm_pids"]["numad"])
     facts["services"]["ksmtuned_running"] = bool(scan["ksmtuned_pids"])
     facts["services"]["ksmtuned_pids"] = scan["ksmtuned_pids"]
     facts.update(derive(tunables, statistics, page_size, bits))
+    facts["memory"] = _memory.memory_facts(_procfs.meminfo(proc_root), facts["saved_bytes"], scan["guests"])
     return facts

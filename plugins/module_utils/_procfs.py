@@ -6,7 +6,7 @@
 # Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
 # Do not use this from other collections or standalone plugins/modules!
 
-"""What the KSM modules read from /proc: page size, MemAvailable, processes, ksmd, per-process KSM files.
+"""What the KSM modules read from /proc: page size, meminfo, processes, ksmd, per-process KSM files.
 
 Read-only mechanics. Every reader takes its /proc root as a parameter (unit tests pass a fake tree), and a process
 that exits or is unreadable while it is read gives None or an empty value instead of an exception.
@@ -137,6 +137,38 @@ def mem_available(proc_root: str = PROC_ROOT) -> t.Optional[int]:
     except (IOError, OSError):
         pass
     return None
+
+
+def parse_meminfo(text: str) -> t.Dict[str, int]:
+    """/proc/meminfo -> {field: bytes} ('MemTotal:  16318976 kB' -> 16710631424); fields without a unit stay counts."""
+    values: t.Dict[str, int] = {}
+    for line in text.splitlines():
+        key, _sep, rest = line.partition(":")
+        parts = rest.split()
+        if not parts:
+            continue
+        try:
+            number = int(parts[0])
+        except ValueError:
+            continue
+        values[key.strip()] = number * 1024 if parts[1:2] == ["kB"] else number
+    return values
+
+
+def meminfo(proc_root: str = PROC_ROOT) -> t.Dict[str, int]:
+    """<proc_root>/meminfo parsed (parse_meminfo); {} when it cannot be read."""
+    try:
+        return parse_meminfo(read_text(os.path.join(proc_root, "meminfo")))
+    except (IOError, OSError):
+        return {}
+
+
+def process_rss(pid: Pid, proc_root: str = PROC_ROOT) -> t.Optional[int]:
+    """The resident memory of a process in bytes (VmRSS of /proc/<pid>/status), or None when gone or unreadable."""
+    try:
+        return parse_meminfo(read_text(process_path(pid, "status", proc_root))).get("VmRSS")
+    except (IOError, OSError):
+        return None
 
 
 def pids(proc_root: str = PROC_ROOT) -> t.List[int]:

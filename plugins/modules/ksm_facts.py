@@ -414,6 +414,17 @@ ansible_facts:
                 - V(null) on kernels without C(merge_across_nodes).
               type: bool
               sample: false
+            numad_running:
+              description:
+                - Whether C(numad) runs (by process name). The RHEL guide warns that numad "can become confused after
+                  the KSM daemon merges large amounts of memory" when C(merge_across_nodes) is V(true) on a NUMA host.
+              type: bool
+              sample: false
+            numad_pids:
+              description: The process ids of the C(numad) processes.
+              type: list
+              elements: int
+              sample: []
         ksmd:
           description: The C(ksmd) kernel thread; V(null) when it was not found.
           returned: always
@@ -508,6 +519,149 @@ ansible_facts:
                   RV(ansible_facts.ksm.saved_bytes).
               type: int
               sample: 67108864
+            unit:
+              description: Its systemd unit (service or scope, from C(/proc/<pid>/cgroup)); absent where it has none.
+              type: str
+              sample: machine-qemu\x2d1\x2dweb1.scope
+        merging_services:
+          description:
+            - Per systemd unit, its processes that made all their memory mergeable (C(ksm_merge_any) in
+              C(/proc/<pid>/ksm_stat); systemd C(MemoryKSM=yes) or C(prctl PR_SET_MEMORY_MERGE)), merged pages or not,
+              sorted by unit. Kernels whose C(ksm_stat) has no C(ksm_merge_any), and O(processes=0), give V([]).
+          returned: always
+          type: list
+          elements: dict
+          contains:
+            unit:
+              description: The systemd unit; V(null) for processes outside any service or scope.
+              type: str
+              sample: web@1.service
+            pids:
+              description: Its processes that merge all their memory.
+              type: list
+              elements: int
+              sample: [901, 902]
+            merging_pages:
+              description: Their merged pages, C(ksm_merging_pages + ksm_zero_pages) summed.
+              type: int
+              sample: 5120
+            merged_bytes:
+              description: RV(ansible_facts.ksm.merging_services[].merging_pages) x RV(ansible_facts.ksm.page_size).
+              type: int
+              sample: 20971520
+            profit_bytes:
+              description: What the service saves, its processes' C(ksm_process_profit) summed; V(null) before 6.4.
+              type: int
+              sample: 18874368
+        memory:
+          description:
+            - The memory figures that matter for KSM and whether the host could absorb a full unshare (the RHEL guide
+              asks for swap that covers the committed RAM even without KSM, because guest memory use can unshare pages).
+            - V(null) when KSM is not available.
+            - "unshare = C((pages_sharing + ksm_zero_pages) x page_size) (RV(ansible_facts.ksm.saved_bytes)); the host
+              can absorb it when C(MemAvailable + SwapFree >= unshare); headroom = C(MemAvailable + SwapFree -
+              unshare)."
+            - "committed = the memory given to the guests + the host's own use (C(MemTotal - MemAvailable) - the
+              guests' resident memory, at least 0); advised swap = C(committed - MemTotal), at least 0."
+          returned: always
+          type: dict
+          contains:
+            mem_total_bytes:
+              description: C(MemTotal) of C(/proc/meminfo) in bytes; V(null) when unreadable (so for every figure).
+              type: int
+              sample: 67108864000
+            mem_available_bytes:
+              description: C(MemAvailable) in bytes.
+              type: int
+              sample: 21474836480
+            swap_total_bytes:
+              description: C(SwapTotal) in bytes.
+              type: int
+              sample: 8589934592
+            swap_free_bytes:
+              description: C(SwapFree) in bytes.
+              type: int
+              sample: 8589934592
+            unshare_bytes:
+              description: The memory unsharing every merged page would need.
+              type: int
+              sample: 4294967296
+            headroom_bytes:
+              description: C(MemAvailable + SwapFree - unshare); negative when the host could not absorb it.
+              type: int
+              sample: 25769803776
+            unshare_absorbable:
+              description: Whether the host could absorb a full unshare; V(null) when a figure could not be read.
+              type: bool
+              sample: true
+            reason:
+              description: The verdict in words, with the figures.
+              type: str
+              sample: unsharing every merged page would need 4.00 GiB, which MemAvailable (20.00 GiB) covers
+            guests:
+              description:
+                - The QEMU processes (by command name, as in RV(ansible_facts.ksm.processes)), their C(count),
+                  C(given_bytes) (the RAM of each C(-m); QEMU's default 128 MiB without it) and C(resident_bytes)
+                  (C(VmRSS) of C(/proc/<pid>/status)).
+              type: dict
+              sample: {count: 2, given_bytes: 8589934592, resident_bytes: 6442450944}
+            committed_bytes:
+              description: The guests' given memory plus the host's own use.
+              type: int
+              sample: 10737418240
+            swap_advised_bytes:
+              description: The swap the RHEL guide asks for, C(committed - MemTotal) (at least 0).
+              type: int
+              sample: 0
+            swap_sufficient:
+              description: Whether C(SwapTotal) reaches RV(ansible_facts.ksm.memory.swap_advised_bytes).
+              type: bool
+              sample: true
+        managers:
+          description:
+            - Every other program found that writes the KSM files; V([]) when there is none or KSM is not available.
+            - C(ksmtuned) (or C(proxmox) where C(/usr/bin/pveversion) exists, its C(ksm-control-daemon)), C(ksm.service),
+              C(qemu-kvm) (Ubuntu's C(qemu-kvm.service) and C(KSM_ENABLED) of C(/etc/default/qemu-kvm)), C(tuned)
+              (only when the profiles of C(/etc/tuned/active_profile) or the ones they include set a C(/sys/kernel/mm/ksm)
+              file in C([sysfs]) or call C(disable_ksm) in a script), C(kubevirt) (a C(virt-handler) process).
+          returned: always
+          type: list
+          elements: dict
+          contains:
+            name:
+              description: V(ksmtuned), V(proxmox), V(ksm.service), V(qemu-kvm), V(tuned) or V(kubevirt).
+              type: str
+              sample: ksmtuned
+            active:
+              description: Whether it runs now (a process or an active unit; for C(qemu-kvm), C(KSM_ENABLED) not C(0) too).
+              type: bool
+              sample: true
+            enabled:
+              description: Whether its unit starts at boot; V(null) when unknown (no systemd, no unit).
+              type: bool
+              sample: true
+            files:
+              description: The KSM files it writes.
+              type: list
+              elements: str
+              sample: [run, pages_to_scan, sleep_millisecs]
+            detail:
+              description: What was found, in words.
+              type: str
+              sample: ksmtuned.service active, enabled; processes 812
+            ksm_enabled:
+              description: C(qemu-kvm) only, the C(KSM_ENABLED) value (V(AUTO) when unset).
+              type: str
+              sample: AUTO
+            profile:
+              description: C(tuned) only, the active profile.
+              type: str
+              sample: realtime-virtual-host
+            settings:
+              description: C(tuned) only, its KSM settings (V(run=2), V(disable_ksm), ...).
+              type: list
+              elements: str
+              sample: [run=2]
 """
 
 import typing as t

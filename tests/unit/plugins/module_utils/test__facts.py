@@ -188,7 +188,7 @@ def test_collect_non_numa_kernel(ksm_tree, fake_proc, tmp_path):
     assert "merge_across_nodes" not in facts["tunables"]
     assert "merge_across_nodes" not in facts["features"]["knobs"]
     assert facts["numa"] == {"nodes": [], "memory_nodes": [], "distances": {}, "merge_across_nodes": None,
-                             "recommended_merge_across_nodes": None}
+                             "recommended_merge_across_nodes": None, "numad_pids": [], "numad_running": False}
 
 
 def test_collect_tolerates_unknown_files(ksm_tree, fake_proc, node_tree):
@@ -432,7 +432,7 @@ def test_services_from_one_systemctl_call(tmp_path):
     run = FakeSystemctl(SHOW)
     facts = _facts.service_facts(run, "/bin/systemctl", str(tmp_path))
     assert run.calls == [["/bin/systemctl", "show", "-p", "Id,LoadState,ActiveState,UnitFileState",
-                          "ksm.service", "ksmtuned.service", "qemu-kvm.service"]]
+                          "ksm.service", "ksmtuned.service", "qemu-kvm.service", "tuned.service"]]
     assert facts == {"manager": "systemd", "units": {
         "ksm.service": {"load_state": "loaded", "active_state": "active", "unit_file_state": "enabled"},
         "ksmtuned.service": {"load_state": "loaded", "active_state": "inactive", "unit_file_state": "disabled"},
@@ -464,3 +464,24 @@ def test_collect_services_and_ksmtuned(ksm_tree, fake_proc, node_tree, tmp_path)
     assert facts["services"]["manager"] == "systemd"
     assert facts["services"]["ksmtuned_running"] is True
     assert facts["services"]["ksmtuned_pids"] == [812]
+
+
+def test_scan_finds_numad_guests_and_merging_services(fake_proc):
+    proc = fake_proc(KTHREADS + [
+        {"pid": 300, "comm": "numad", "ksm": ksm_stat_text()},
+        {"pid": 400, "comm": "qemu-system-x86", "cmdline": ["/usr/bin/qemu-system-x86_64", "-m", "1024"],
+         "ksm": ksm_stat_text(merging=10)},
+        {"pid": 501, "comm": "python3", "ksm": ksm_stat_text(merging=100, profit=300000, merge_any=True)},
+        {"pid": 502, "comm": "python3", "ksm": ksm_stat_text(profit=0, merge_any=True)},  # nothing merged yet: listed
+    ])
+    with open(os.path.join(proc, "400", "status"), "w") as f:
+        f.write("Name:\tqemu-system-x86\nVmRSS:\t  524288 kB\n")
+    for pid in ("501", "502"):
+        with open(os.path.join(proc, pid, "cgroup"), "w") as f:
+            f.write("0::/system.slice/web.service\n")
+    scan = _facts.scan_proc(proc, 10, page_size=4096)
+    assert scan["comm_pids"]["numad"] == [300]
+    assert scan["guests"] == [(1024 * 1024 * 1024, 512 * 1024 * 1024)]
+    assert scan["merging_services"] == [{"unit": "web.service", "pids": [501, 502], "merging_pages": 100,
+                                         "merged_bytes": 100 * 4096, "profit_bytes": 300000}]
+    assert [p.get("unit") for p in scan["processes"]] == ["web.service", None]

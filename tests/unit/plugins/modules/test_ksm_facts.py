@@ -83,7 +83,7 @@ def test_returns_ksm_facts_and_changes_nothing(monkeypatch, ksm_tree, layout):
 def test_every_returned_fact_is_documented_and_the_other_way_round(monkeypatch, ksm_tree):
     ksm = run(monkeypatch, sysfs_path=ksm_tree("6.8")).result["ansible_facts"]["ksm"]
     assert sorted(ksm) == sorted(KSM_DOC)
-    for key in ("features", "numa", "ksmd", "services"):
+    for key in ("features", "numa", "ksmd", "services", "memory"):
         if ksm[key] is not None:
             assert sorted(ksm[key]) == sorted(KSM_DOC[key]["contains"]), key
     assert sorted(ksm["tunables"]) == sorted(KSM_DOC["tunables"]["contains"])
