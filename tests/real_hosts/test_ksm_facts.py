@@ -255,3 +255,29 @@ def test_services_from_systemd_in_a_container(host, ansible_adhoc, tmp_path):
         assert facts["state"] == "running"  # ksm.service ran ksmctl start: run=1 on the host's KSM
     finally:
         subprocess.run(nspawn + ["down", PROBE], check=False, timeout=120)
+
+
+@pytest.mark.every_kernel
+def test_memory_verdict_from_the_hosts_meminfo(host):
+    """The memory figures are the host's /proc/meminfo, unshare is the saved memory, and the verdict follows the
+    documented formula (MemAvailable + SwapFree >= unshare) on the figures it reports; numad and the QEMU guests are
+    the host's processes by name."""
+    read = host.run("ansible.builtin.shell", cmd="cat /proc/meminfo; echo; pgrep -c -x numad; pgrep -c '^(qemu|kvm$)'")
+    assert not read["failed"] or read.get("rc") == 1, read.get("msg")  # pgrep -c exits 1 when it counts 0
+    meminfo_text, _sep, counts = read["stdout"].partition("\n\n")
+    meminfo = _procfs.parse_meminfo(meminfo_text)
+    numad, qemu = (int(n) for n in counts.split())
+    facts = host.ksm_facts()
+    memory = facts["memory"]
+    print(f"{host.name}: {memory['reason']}; guests {memory['guests']}; swap advised {memory['swap_advised_bytes']}")
+    assert memory["mem_total_bytes"] == meminfo["MemTotal"]
+    assert memory["swap_total_bytes"] == meminfo["SwapTotal"]
+    assert abs(memory["mem_available_bytes"] - meminfo["MemAvailable"]) < meminfo["MemTotal"] // 10
+    assert memory["unshare_bytes"] == facts["saved_bytes"]
+    absorbable = memory["mem_available_bytes"] + memory["swap_free_bytes"]
+    assert memory["headroom_bytes"] == absorbable - memory["unshare_bytes"]
+    assert memory["unshare_absorbable"] is (absorbable >= memory["unshare_bytes"])
+    assert memory["reason"].startswith("unsharing every merged page would need ")
+    assert memory["swap_sufficient"] is (memory["swap_total_bytes"] >= memory["swap_advised_bytes"])
+    assert abs(memory["guests"]["count"] - qemu) <= 1  # a lab guest may start or stop between the two reads
+    assert facts["numa"]["numad_running"] is (numad > 0)
