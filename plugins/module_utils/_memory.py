@@ -68,9 +68,9 @@ def verdict(mem_available: t.Optional[int], swap_free: t.Optional[int], unshare:
     if unshare <= mem_available:
         return True, "{0}, which MemAvailable ({1}) covers".format(need, size_text(mem_available))
     if unshare <= mem_available + swap_free:
+        swapped = size_text(unshare - mem_available)
         return True, ("{0}, more than MemAvailable ({1}): the host would absorb it only by swapping out {2} of "
-                      "its {3} free swap".format(need, size_text(mem_available), size_text(unshare - mem_available),
-                                                  size_text(swap_free)))
+                      "its {3} free swap".format(need, size_text(mem_available), swapped, size_text(swap_free)))
     return False, ("{0}, but MemAvailable ({1}) and free swap ({2}) hold only {3}: {4} short; the host fits its "
                    "guests only because of KSM (add swap or memory, or run fewer guests)"
                    .format(need, size_text(mem_available), size_text(swap_free),
