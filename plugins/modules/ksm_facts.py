@@ -12,6 +12,10 @@ description:
   - Returns C(ansible_facts.ksm) with whether the kernel has KSM, its run state, every tunable and statistic this
     kernel has (typed), how much memory KSM saves and what it costs, the NUMA topology with the recommended
     C(merge_across_nodes), the C(ksmd) thread, the KSM services, and the processes (guests) with the most merged pages.
+  - For operations it also reports the host's memory figures with a verdict on whether the host could absorb
+    unsharing every merged page (RV(ansible_facts.ksm.memory)), whether numad runs, every other program that writes
+    the KSM files (RV(ansible_facts.ksm.managers)) and the services that merge all their memory
+    (RV(ansible_facts.ksm.merging_services), systemd C(MemoryKSM=yes)).
   - Never changes anything. On a kernel without KSM, or when O(sysfs_path) does not exist, it does not fail but
     returns RV(ansible_facts.ksm.available=false) with a RV(ansible_facts.ksm.reason).
   - A KSM file other than C(run) that cannot be read or parsed is reported as V(null), with a warning that names the
