@@ -22,7 +22,6 @@ import tempfile
 import time
 import typing as t
 
-from ansible_collections.kvmhost.ksm.plugins.module_utils import _procfs
 from ansible_collections.kvmhost.ksm.plugins.module_utils._facts import collect
 from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import DEFAULT_ROOT, RUN_STATES
 
@@ -222,15 +221,6 @@ def render(facts: Facts,
     return "\n".join(lines) + "\n"
 
 
-def add_units(facts: Facts, proc_root: str = _procfs.PROC_ROOT) -> Facts:
-    """facts with the systemd unit of each reported process ('unit', from /proc/<pid>/cgroup) where it has one."""
-    for record in facts.get("processes") or []:
-        unit = _procfs.process_unit(record["pid"], proc_root)
-        if unit:
-            record["unit"] = unit
-    return facts
-
-
 def write_textfile(directory: str, text: str, name: str = TEXTFILE_NAME) -> str:
     """Write text to directory/name through a temporary file in the same directory (not ending in .prom, so the
     textfile collector never reads it half written) and a rename; mode 0644. Returns the path."""
@@ -269,7 +259,7 @@ def main(argv: t.Optional[t.List[str]] = None) -> int:
     if args.processes < 0:
         sys.stderr.write("kvmhost-ksm-metrics: --processes is {0}, but it must be 0 or more.\n".format(args.processes))
         return 2
-    facts = add_units(collect(sysfs_root=args.sysfs_path, processes=args.processes))
+    facts = collect(sysfs_root=args.sysfs_path, processes=args.processes)  # with each process's unit
     text = render(facts, mode=args.mode, multi_tenant=args.multi_tenant, interval=args.interval)
     if args.stdout:
         sys.stdout.write(text)

@@ -173,11 +173,14 @@ def test_parse_cgroup_unit(text, unit):
     assert _procfs.parse_cgroup_unit(text) == unit
 
 
-def test_add_units_from_proc_cgroup(tmp_path, ksm_tree):
-    facts = facts_of(tmp_path, ksm_tree)
+def test_units_from_proc_cgroup(tmp_path, ksm_tree):
+    """The collector the metrics command calls reports each process's unit from /proc/<pid>/cgroup."""
+    proc = make_proc(tmp_path / "proc", [QEMU, SHELL])
     with open(str(tmp_path / "proc" / "4242" / "cgroup"), "w") as f:
         f.write("0::/machine.slice/machine-qemu\\x2d1\\x2dweb1.scope/libvirt/emulator\n")
-    _metrics.add_units(facts, str(tmp_path / "proc"))
+    facts = _facts.collect(sysfs_root=ksm_tree(), processes=10, proc_root=proc,
+                           node_root=make_nodes(tmp_path / "node", [[10]]), systemd_root=str(tmp_path / "no-systemd"),
+                           page_size=4096, clock_ticks=100, euid=0, release="6.8.0-test", bits=64)
     assert facts["processes"][0]["unit"] == "machine-qemu\\x2d1\\x2dweb1.scope"
     assert "unit" not in facts["processes"][1]  # no cgroup file: no unit label
 
