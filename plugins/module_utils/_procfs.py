@@ -233,6 +233,15 @@ def cpu_seconds(pid: Pid, proc_root: str = PROC_ROOT, ticks: t.Optional[int] = N
     return None if stat is None else stat_cpu_seconds(stat, ticks)
 
 
+def sched_cpu_seconds(pid: Pid, proc_root: str = PROC_ROOT) -> t.Optional[float]:
+    """CPU time of a process so far in seconds from /proc/<pid>/schedstat (nanoseconds, where the kernel has
+    schedstats), else from /proc/<pid>/stat (clock ticks); None when it is gone."""
+    try:
+        return int(read_small(process_path(pid, "schedstat", proc_root)).split()[0]) / 1e9
+    except (IOError, OSError, ValueError, IndexError):
+        return cpu_seconds(pid, proc_root)
+
+
 def process_source(proc_root: str = PROC_ROOT) -> t.Optional[str]:
     """The per-process file that tells merged pages on this kernel, judged by /proc/self: 'ksm_stat' when it has a
     ksm_merging_pages line (6.4+), else 'ksm_merging_pages' (5.19+; 6.1's ksm_stat has ksm_rmap_items only), else None.
