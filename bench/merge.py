@@ -5,25 +5,36 @@
 ksmd CPU cost, all configurations side by side in one run.
 
 For every configuration: a fresh workload (--processes processes holding --mib MiB in total of identical
-anonymous pages, MADV_MERGEABLE; tests/support/merge_workload.py), KSM reset (run=2, wait until nothing is
-merged, the scan knobs back to the kernel defaults), the configuration applied, then sampled every --interval s:
-saved bytes ((pages_sharing + ksm_zero_pages) x page size) and ksmd CPU time (utime + stime of
-/proc/<ksmd>/stat). Reported: time to 50 % and 90 % of the saveable memory ((processes - 1) x pages per
-process), ksmd CPU seconds and average ksmd CPU share up to 90 % (the merge window), the share once merged, and
-whether the budget target holds (see --budget). A configuration that does not reach a mark within --timeout
-seconds shows "not reached" and the saving it had.
+anonymous pages, MADV_MERGEABLE, content --shape, --unique % never merging; tests/support/merge_workload.py), KSM
+reset (run=2, wait until nothing is merged, the scan knobs back to the kernel defaults), the configuration applied,
+then sampled every --interval s: saved bytes ((pages_sharing + ksm_zero_pages) x page size) and ksmd CPU time
+(utime + stime of /proc/<ksmd>/stat). Reported: time to 50 % and 90 % of the saveable memory ((processes - 1) x
+the pages per process that are not unique), ksmd CPU seconds and average ksmd CPU share up to 90 % (the merge
+window), the share once merged, and whether the budget target holds (see --budget). A configuration that does not
+reach a mark within --timeout seconds shows "not reached" and the saving it had.
 
 Configurations: the kernel defaults; the real Debian ksmtuned script under simulated memory pressure (a private
 mount namespace whose /proc/meminfo reports little free memory; nothing else on the host sees it); the kernel's
 scan-time advisor with its defaults; the role's profiles auto, advisor and static applied by the real role
-(ansible-playbook on localhost, ksm_persist and ksm_manage_packages false); an unthrottled run (the physical
-limit). --extra NAME:knob=value,... adds sysfs configurations; --only picks some. --guests N runs the same
-configurations over N identical VM lab guests (tests/vmlab) instead of the process workload; their saveable
-memory is not known in advance, so the marks are taken against the most any configuration saved.
+(ansible-playbook on localhost, ksm_persist and ksm_manage_packages false); the old fixed budget rate (static,
+2300 pages / 20 ms); the budget governor run directly from this work tree (plugins/module_utils/_governor.py,
+--budget passed on); an unthrottled run (the physical limit). --extra NAME:knob=value,... adds sysfs
+configurations; --only picks some. --guests N runs the same configurations over N identical VM lab guests
+(tests/vmlab) instead of the process workload; their saveable memory is not known in advance, so the marks are
+taken against the most any configuration saved.
 
-    bench/merge [--mib 1024] [--processes 4] [--timeout 240] [--budget 25] [--only NAME,...] [--guests 3]
+Two matrix modes: --shapes runs unthrottled, auto and static over the content shapes, unique shares and process
+counts (one table with the budget verdicts, a plot of ksmd's share over time); --scale runs kernel-default, auto,
+advisor-budget and unthrottled over workload sizes and adds the steady-state share once merging settled
+(smart_scan 1, then 0).
 
-Writes build/bench/merge/results.{md,json} and results.png (via bench/merge_plot.py in its own venv).
+    bench/merge [--mib 1024] [--processes 4] [--shape start] [--unique 0] [--timeout 240] [--budget 25]
+                [--only NAME,...] [--guests 3]
+    bench/merge --shapes [--mib 1024] [--auto-config role-auto|governor]
+    bench/merge --scale [--sizes 256,1024,2048,4096,8192] [--unique 50] [--timeout 240]
+
+Writes build/bench/merge/results.{md,json} and results.png (via bench/merge_plot.py in its own venv); the matrix
+modes write to its shapes/ and scale/ folders.
 Everything that writes KSM runs under tests/support/ksm_guard.py's guard (lock, save, restore, also on Ctrl-C).
 Not a test: it prints figures and never fails on them.
 """
@@ -32,6 +43,7 @@ import argparse
 import contextlib
 import glob
 import json
+import math
 import os
 import platform
 import shutil
@@ -60,12 +72,19 @@ MIB = 1024 * 1024
 KERNEL_DEFAULTS = [
     ("advisor_max_cpu", 70), ("advisor_min_pages_to_scan", 500), ("advisor_max_pages_to_scan", 30000),
     ("advisor_target_scan_time", 200), ("advisor_mode", "none"), ("pages_to_scan", 100), ("sleep_millisecs", 20),
+    ("smart_scan", True),
 ]
+MATRIX_SHAPES = [("start", 0, 4), ("end", 0, 4), ("random", 0, 4), ("start", 50, 4), ("start", 90, 4),
+                 ("start", 0, 32)]  # --shapes: (content shape, unique %, processes)
+SCALE_SIZES = "256,1024,2048,4096,8192"
+GOVERNOR_STATE = "/run/kvmhost-ksm-governor.json"  # the governor's default state file (the role's service)
+GOVERNOR_MAIN = ("import sys; from ansible_collections.kvmhost.ksm.plugins.module_utils._governor import main; "
+                 "sys.exit(main())")
 
 
 class Config(t.NamedTuple):
     name: str
-    kind: str          # sysfs | ksmtuned | role
+    kind: str          # sysfs | ksmtuned | role | governor
     settings: dict[str, t.Any]
     what: str
 
@@ -83,6 +102,10 @@ CONFIGS = [
     Config("role-auto", "role", {"ksm_mode": "auto"}, "role, ksm_mode auto (defaults)"),
     Config("role-advisor", "role", {"ksm_mode": "advisor"}, "role, ksm_mode advisor (defaults)"),
     Config("role-static", "role", {"ksm_mode": "static"}, "role, ksm_mode static (defaults)"),
+    Config("static", "sysfs", {"pages_to_scan": 2300, "sleep_millisecs": 20},
+           "the old fixed budget rate: 2300 pages / 20 ms"),
+    Config("governor", "governor", {"pages_to_scan": 2300, "sleep_millisecs": 20},
+           "the budget governor from this work tree (starts at 2300 pages / 20 ms)"),
     Config("unthrottled", "sysfs", {"pages_to_scan": 100000, "sleep_millisecs": 0},
            "unthrottled: 100000 pages / 0 ms (ksmd scans without pause)"),
 ]
@@ -175,7 +198,7 @@ class Sampler(threading.Thread):
 
     FIELDS = ("run", "pages_sharing", "ksm_zero_pages", "pages_to_scan", "sleep_millisecs", "full_scans")
 
-    def __init__(self, ksm: _sysfs.Sysfs, pid: int, interval: float) -> None:
+    def __init__(self, ksm: _sysfs.Sysfs, pid: int, interval: float, state_file: str | None = None) -> None:
         super().__init__(daemon=True)
         self.ksm = ksm
         self.pid = pid
@@ -183,12 +206,27 @@ class Sampler(threading.Thread):
         self.fields = [f for f in self.FIELDS if ksm.has(f)]
         self.samples: list[dict[str, t.Any]] = []
         self.halt = threading.Event()
+        self.state_file = state_file  # a governor's JSON status: its phase is recorded when fresh
+        self.since = time.time()
+
+    def phase(self) -> str | None:
+        """The governor's phase from its state file, if it was written since this sampler started."""
+        if not self.state_file:
+            return None
+        try:
+            with open(self.state_file) as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            return None
+        fresh = isinstance(state, dict) and isinstance(state.get("updated"), (int, float))
+        return str(state.get("phase")) if fresh and state["updated"] >= self.since else None
 
     def sample(self) -> dict[str, t.Any]:
         row: dict[str, t.Any] = {"t": time.monotonic(), "cpu": cpu_seconds(self.pid), "ns": sched_ns(self.pid)}
         for name in self.fields:
             row[name] = self.ksm.read(name)
         row["saved"] = row["pages_sharing"] + max(row.get("ksm_zero_pages", 0), 0)
+        row["phase"] = self.phase()
         return row
 
     def run(self) -> None:
@@ -345,11 +383,28 @@ class Guests:
         self.stop()
 
 
+class Spec(t.NamedTuple):
+    """One process workload: mib MiB in all, over `processes` processes, content `shape`, `unique` % never merging."""
+    mib: int
+    processes: int
+    shape: str = "start"
+    unique: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.shape}, {self.unique} % unique, {self.processes} processes, {size_text(self.mib)}"
+
+
+def size_text(mib: int) -> str:
+    return f"{mib // 1024} GiB" if mib >= 1024 and mib % 1024 == 0 else f"{mib} MiB"
+
+
 class ProcessLoad:
     """The default workload, one fresh tests/support/merge_workload.py set per configuration."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.workload = merge_workload.Workload(processes=args.processes, mib=args.mib // args.processes)
+    def __init__(self, spec: Spec) -> None:
+        self.workload = merge_workload.Workload(processes=spec.processes, mib=spec.mib // spec.processes,
+                                                shape=spec.shape, unique=spec.unique)
 
     def __enter__(self) -> "ProcessLoad":
         self.workload.__enter__()
@@ -361,10 +416,59 @@ class ProcessLoad:
 
     @property
     def saveable(self) -> int:
-        return (self.workload.processes - 1) * self.workload.pages
+        return self.workload.saveable
 
     def __exit__(self, *exc: t.Any) -> None:
         self.workload.stop()
+
+
+def memory_refusal(mib: int) -> str | None:
+    """Why a workload of mib MiB must not start here (MemAvailable < 2 x its size + 2 GiB), or None."""
+    available = dict((k, v) for k, v, _unit in meminfo())["MemAvailable"] // 1024
+    need = 2 * mib + 2048
+    if available >= need:
+        return None
+    return (f"a {size_text(mib)} workload needs MemAvailable >= 2 x {mib} + 2048 = {need} MiB (room to fill it and "
+            f"to unmerge it again), but this machine has {available} MiB available; use a smaller size or free memory")
+
+
+class Governor:
+    """The budget governor (plugins/module_utils/_governor.py of this work tree) as a plain process, stopped by pid."""
+
+    def __init__(self, work: str, budget: float) -> None:
+        if not os.path.exists(os.path.join(REPO, "plugins", "module_utils", "_governor.py")):
+            raise SystemExit("this work tree has no plugins/module_utils/_governor.py, so there is no governor to "
+                             "run; leave `governor` out with --only")
+        self.state = os.path.join(work, "governor.json")
+        self.log = os.path.join(work, "governor.log")
+        self.command = [sys.executable, "-c", GOVERNOR_MAIN, "--budget", f"{budget:g}", "--state-file", self.state,
+                        "--log-every", "5"]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=collection.collections_dir())
+        with open(self.log, "a") as log:
+            log.write("== governor " + " ".join(self.command[3:]) + "\n")
+            log.flush()
+            self.proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        time.sleep(0.3)
+        if self.proc.poll() is not None:
+            raise SystemExit(f"the governor exited at once (exit {self.proc.returncode}); see governor.log")
+
+    def stop(self) -> int | None:
+        """SIGTERM by pid, then the exit status (None if it had to be killed)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+        return self.proc.returncode
 
 
 def settled(samples: list[dict[str, t.Any]], seconds: float) -> bool:
@@ -375,12 +479,51 @@ def settled(samples: list[dict[str, t.Any]], seconds: float) -> bool:
     return samples[-1]["saved"] - old["saved"] < 0.01 * samples[-1]["saved"]
 
 
-def measure(cfg: Config, args: argparse.Namespace, ksm: _sysfs.Sysfs, pid: int, work: str,
-            guests: Guests | None) -> dict[str, t.Any]:
-    result: dict[str, t.Any] = {"name": cfg.name, "what": cfg.what, "load_before": loadavg()}
-    tuned = None
+class ScanWatch:
+    """Merging has settled when the saving grew by less than 1 % over the last full scan (full_scans)."""
+
+    def __init__(self) -> None:
+        self.scans: int | None = None
+        self.saved_at_scan: int | None = None
+
+    def settled(self, row: dict[str, t.Any]) -> bool:
+        scans = row.get("full_scans")
+        if scans is None or scans == self.scans:
+            return False
+        before, self.scans = self.saved_at_scan, scans
+        self.saved_at_scan = row["saved"]
+        return before is not None and row["saved"] > 0 and row["saved"] - before < 0.01 * row["saved"]
+
+
+def steady_windows(ksm: _sysfs.Sysfs, sampler: Sampler, args: argparse.Namespace) -> dict[str, t.Any]:
+    """ksmd's share in --steady seconds once merging settled: with smart_scan 1, then 0 (where the kernel has it).
+    A governor still in its merging phase gets up to 30 s to settle first."""
+    out: dict[str, t.Any] = {}
+    deadline = time.monotonic() + 30
+    while sampler.last().get("phase") == "merging" and time.monotonic() < deadline:
+        time.sleep(args.interval)
+    out["steady_phase"] = sampler.last().get("phase")
+    settings: list[tuple[str, bool | None]] = [("smart1", True), ("smart0", False)] if ksm.has("smart_scan") \
+        else [("smart1", None)]
+    for key, value in settings:
+        if value is not None:
+            ksm.write("smart_scan", value)
+        first = sampler.last()
+        time.sleep(args.steady)
+        last = sampler.last()
+        out[f"steady_{key}"] = round(100 * (last["cpu"] - first["cpu"]) / (last["t"] - first["t"]), 1)
+        out[f"steady_{key}_pages"] = last.get("pages_to_scan")
+    return out
+
+
+def measure(cfg: Config, spec: Spec | None, args: argparse.Namespace, ksm: _sysfs.Sysfs, pid: int, work: str,
+            guests: Guests | None, timeout: float, steady: bool = False) -> dict[str, t.Any]:
+    result: dict[str, t.Any] = {"name": cfg.name, "what": cfg.what, "load_before": loadavg(), "timeout": timeout}
+    if spec:
+        result.update(workload=spec.label, spec=spec._asdict())
+    tuned = governor = None
     workload: contextlib.AbstractContextManager[Guests | ProcessLoad] = (
-        contextlib.nullcontext(guests) if guests else ProcessLoad(args))
+        contextlib.nullcontext(guests) if guests else ProcessLoad(t.cast(Spec, spec)))
     with workload as load:
         saveable = None if isinstance(load, Guests) else load.saveable
         others = other_mergeable(load.pids)
@@ -388,13 +531,20 @@ def measure(cfg: Config, args: argparse.Namespace, ksm: _sysfs.Sysfs, pid: int, 
             result["warning"] = "other processes with mergeable memory: " + ", ".join(others)
             print(f"  WARNING: {result['warning']}", flush=True)
         reset(ksm)
-        sampler = Sampler(ksm, pid, args.interval)
+        sampler = Sampler(ksm, pid, args.interval, GOVERNOR_STATE if cfg.kind == "role" else None)
+        if cfg.kind == "governor":
+            governor = Governor(work, args.budget)
+            sampler.state_file = governor.state
         sampler.start()
         try:
             t_apply = time.monotonic()
             if cfg.kind == "sysfs":
                 write_sysfs(ksm, cfg.settings)
                 t0 = t_apply
+            elif cfg.kind == "governor":
+                write_sysfs(ksm, cfg.settings)
+                t0 = t_apply
+                t.cast(Governor, governor).start()
             elif cfg.kind == "ksmtuned":
                 tuned = Ksmtuned(work)
                 tuned.start()
@@ -406,19 +556,30 @@ def measure(cfg: Config, args: argparse.Namespace, ksm: _sysfs.Sysfs, pid: int, 
                 on = [s["t"] for s in sampler.samples if s["t"] >= t_apply and s["run"] == "running"]
                 t0 = on[0] if on else time.monotonic()
             full_at = None
+            watch = ScanWatch()
             while True:
                 now = time.monotonic()
                 last = sampler.last()
-                if full_at is None and (settled(sampler.samples, 10) if guests
-                                        else last["saved"] >= saveable * args.full / 100):
+                if guests:
+                    done = settled(sampler.samples, 10)
+                else:
+                    done = last["saved"] >= t.cast(int, saveable) * args.full / 100
+                    done = watch.settled(last) or done if steady else done
+                if full_at is None and done:
                     full_at = now
+                    if steady:
+                        result["settled_at"] = round(now - t0, 1)
+                        result.update(steady_windows(ksm, sampler, args))
+                        break
                 if full_at is not None and now - full_at >= args.tail:
                     break
-                if now - t0 >= args.timeout:
+                if now - t0 >= timeout:
                     break
                 time.sleep(args.interval)
         finally:
             sampler.stop()
+            if governor:
+                result["governor_exit"] = governor.stop()
             if tuned:
                 tuned.stop()
                 with open(tuned.log) as f:
@@ -439,6 +600,17 @@ def crossing(rows: list[dict[str, t.Any]], level: float) -> dict[str, float] | N
     return None
 
 
+def share_series(rows: list[dict[str, t.Any]], t0: float, step: float = 1.0) -> list[list[float]]:
+    """ksmd's share of one core (%) over consecutive windows of about `step` seconds, at each window's end."""
+    out = []
+    prev = rows[0] if rows else None
+    for row in rows[1:]:
+        if prev and row["t"] - prev["t"] >= step:
+            out.append([round(row["t"] - t0, 1), round(100 * (row["cpu"] - prev["cpu"]) / (row["t"] - prev["t"]), 1)])
+            prev = row
+    return out
+
+
 def analyse(samples: list[dict[str, t.Any]], t0: float, t_apply: float, saveable: int,
             args: argparse.Namespace) -> dict[str, t.Any]:
     base = [s for s in samples if s["t"] <= t0]
@@ -447,7 +619,7 @@ def analyse(samples: list[dict[str, t.Any]], t0: float, t_apply: float, saveable
     rows = [s for s in samples if s["t"] >= t0]
     series = [[round(s["t"] - t0, 2), round(s["saved"] * PAGE / MIB, 1)] for s in rows]
     out: dict[str, t.Any] = {"series": series, "saveable_mib": round(saveable * PAGE / MIB, 1),
-                             "apply_s": round(t0 - t_apply, 1)}
+                             "apply_s": round(t0 - t_apply, 1), "share_series": share_series(rows, t0)}
     on = [s for s in rows if s["run"] == "running"]
     out["on_at"] = round(on[0]["t"] - t0, 1) if on else None
     for mark in (50, 90):
@@ -460,16 +632,21 @@ def analyse(samples: list[dict[str, t.Any]], t0: float, t_apply: float, saveable
             out["cpu_schedstat"] = round((end["ns"] - ns0) / 1e9, 2)
             out["share"] = round(100 * (end["cpu"] - cpu0) / span, 1) if span > 0 else None
             out["window"] = round(span, 1)
+            merged_gib = (saveable * 0.9 if hit else rows[-1]["saved"]) * PAGE / MIB / 1024
+            out["cpu_per_gib"] = round((end["cpu"] - cpu0) / merged_gib, 2) if merged_gib > 0 else None
     full = next((s for s in rows if s["saved"] >= saveable * args.full / 100), None)
     last = rows[-1]
     if full and last["t"] - full["t"] >= 1:
         out["after_share"] = round(100 * (last["cpu"] - full["cpu"]) / (last["t"] - full["t"]), 1)
     else:
         out["after_share"] = None
-    out["final_pct"] = round(100 * last["saved"] / saveable, 1)
+    out["final_pct"] = round(100 * last["saved"] / saveable, 1) if saveable else None
+    out["final_mib"] = round(last["saved"] * PAGE / MIB, 1)
     out["pages_to_scan_end"] = last.get("pages_to_scan")
     out["sleep_end"] = last.get("sleep_millisecs")
     out["full_scans"] = last.get("full_scans")
+    phases = [s["phase"] for s in rows if s.get("phase")]
+    out["phases"] = sorted(set(phases)) if phases else None
     return out
 
 
@@ -499,6 +676,10 @@ def fmt(value: t.Any, unit: str = "") -> str:
     return "not reached" if value is None else f"{value}{unit}"
 
 
+def dash(value: t.Any, unit: str = "") -> str:
+    return "-" if value is None else f"{value}{unit}"
+
+
 def table(results: list[dict[str, t.Any]], args: argparse.Namespace) -> str:
     lines = ["| configuration | KSM on at | t50 | t90 | ksmd CPU to t90 | ksmd share to t90 | share once merged "
              "| saved at end | pages_to_scan / sleep at end | budget target |",
@@ -507,38 +688,127 @@ def table(results: list[dict[str, t.Any]], args: argparse.Namespace) -> str:
         cpu_note = "" if r.get("t90") is not None else f" (in {r['window']} s)"
         lines.append(
             f"| **{r['name']}**: {r['what']} | {fmt(r['on_at'], ' s')} | {fmt(r['t50'], ' s')} | {fmt(r['t90'], ' s')} "
-            f"| {r['cpu']} s{cpu_note} | {fmt(r['share'], ' %')}{cpu_note} | "
-            f"{'-' if r['after_share'] is None else str(r['after_share']) + ' %'} "
+            f"| {r['cpu']} s{cpu_note} | {fmt(r['share'], ' %')}{cpu_note} | {dash(r['after_share'], ' %')} "
             f"| {r['final_pct']} % | {r['pages_to_scan_end']} / {r['sleep_end']} ms | {r.get('meets', '-')} |")
     return "\n".join(lines)
 
 
-def report(results: list[dict[str, t.Any]], info: dict[str, t.Any], args: argparse.Namespace,
-           target: dict[str, t.Any]) -> str:
-    saveable = results[0]["saveable_mib"] if results else 0
-    head = [f"Machine: kernel {info['kernel']}, {info['cores']} cores ({info['cpu']}), {info['ram_gib']} GiB RAM, "
+def machine_line(info: dict[str, t.Any]) -> str:
+    return (f"Machine: kernel {info['kernel']}, {info['cores']} cores ({info['cpu']}), {info['ram_gib']} GiB RAM, "
             f"page {info['page_size']} B, THP {info['thp']}; load average at start {info['load']}, at end "
-            f"{info.get('load_end', '?')}.",
+            f"{info.get('load_end', '?')}; run took {info.get('minutes', '?')} min.")
+
+
+def budget_line(target: dict[str, t.Any], budget: float) -> str:
+    return (f"Budget {budget:g} % of one core. Unthrottled ksmd needed {target['unthrottled_cpu']} CPU s to "
+            f"reach 90 %, so the budget allows {target['budget_time']} s; the target is t90 <= 1.25 x that = "
+            f"{target['t90_limit']} s with an average ksmd share <= {target['share_limit']} % (budget + 10 %).")
+
+
+def warnings_lines(results: list[dict[str, t.Any]], notes: list[str]) -> list[str]:
+    lines = [f"- {r['name']} ({r.get('workload', '')}): {r['warning']}" for r in results if r.get("warning")]
+    lines += [f"- {note}" for note in notes]
+    return ["", "Warnings and skips:"] + lines if lines else []
+
+
+def report(results: list[dict[str, t.Any]], info: dict[str, t.Any], args: argparse.Namespace,
+           target: dict[str, t.Any], notes: list[str]) -> str:
+    saveable = results[0]["saveable_mib"] if results else 0
+    spec = single_spec(args)
+    head = [machine_line(info),
             (f"Workload: {args.guests} identical VM lab guests (1 vCPU, 768 MiB, from one booted snapshot); saveable "
              f"taken as the most any configuration saved, {saveable} MiB." if args.guests else
-             f"Workload: {args.processes} processes x {args.mib // args.processes} MiB of identical pages "
-             f"({args.mib} MiB in all); saveable {saveable} MiB.")
-            + f" Timeout {args.timeout} s per configuration; "
+             f"Workload: {args.processes} processes x {args.mib // args.processes} MiB ({args.mib} MiB in all), "
+             f"content shape {spec.shape}, {spec.unique} % unique pages; saveable {saveable} MiB.")
+            + f" Timeout {args.timeout:g} s per configuration; "
             f"times from the moment the configuration was applied (KSM on; for ksmtuned, the daemon's start).",
             ""]
-    tail = []
-    if target:
-        tail = ["",
-                f"Budget {args.budget:g} % of one core. Unthrottled ksmd needed {target['unthrottled_cpu']} CPU s to "
-                f"reach 90 %, so the budget allows {target['budget_time']} s; the target is t90 <= 1.25 x that = "
-                f"{target['t90_limit']} s with an average ksmd share <= {target['share_limit']} % (budget + 10 %)."]
-    warnings = [f"- {r['name']}: {r['warning']}" for r in results if r.get("warning")]
-    if warnings:
-        tail += ["", "Warnings:"] + warnings
-    return "\n".join(head + [table(results, args)] + tail) + "\n"
+    tail = ["", budget_line(target, args.budget)] if target else []
+    return "\n".join(head + [table(results, args)] + tail + warnings_lines(results, notes)) + "\n"
 
 
-def plot(out: str) -> None:
+def grouped(results: list[dict[str, t.Any]]) -> dict[str, list[dict[str, t.Any]]]:
+    groups: dict[str, list[dict[str, t.Any]]] = {}
+    for r in results:
+        groups.setdefault(r["workload"], []).append(r)
+    return groups
+
+
+def shapes_report(results: list[dict[str, t.Any]], info: dict[str, t.Any], args: argparse.Namespace,
+                  targets: dict[str, dict[str, t.Any]], notes: list[str]) -> str:
+    auto = args.auto_config
+    head = [machine_line(info),
+            f"Workloads: {size_text(args.mib)} in all; configurations unthrottled (defines each workload's budget "
+            f"time), auto (`{auto}`) and static (the old fixed 2300 pages / 20 ms). Budget {args.budget:g} % of one "
+            f"core: a configuration meets it when its ksmd share to t90 <= {round(1.1 * args.budget, 1)} % "
+            f"(budget + 10 %) and t90 <= 1.25 x unthrottled CPU s / budget. Timeout {args.timeout:g} s.",
+            "",
+            "| workload | unthrottled t90 / CPU s | target t90 | auto t90 | auto share | auto meets | static t90 "
+            "| static share | static meets |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for label, rows in grouped(results).items():
+        by = {r["name"]: r for r in rows}
+        limit = by.get("unthrottled", {})
+        cells = [label, f"{fmt(limit.get('t90'), ' s')} / {dash(limit.get('cpu'), ' s')}",
+                 dash(targets.get(label, {}).get("t90_limit"), " s")]
+        for name in (auto, "static"):
+            r = by.get(name)
+            cells += ["-", "-", "-"] if r is None else [
+                fmt(r["t90"], " s"), f"{fmt(r['share'], ' %')}" + ("" if r["t90"] is not None
+                                                                   else f" (in {r['window']} s)"),
+                r.get("meets", "-")]
+        head.append("| " + " | ".join(cells) + " |")
+    return "\n".join(head + warnings_lines(results, notes)) + "\n"
+
+
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of log(y) against log(x): y grows as x to that power."""
+    pts = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y and y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    var = sum((p[0] - mx) ** 2 for p in pts)
+    return round(sum((p[0] - mx) * (p[1] - my) for p in pts) / var, 2) if var else None
+
+
+def scaling(results: list[dict[str, t.Any]]) -> dict[str, dict[str, t.Any]]:
+    """Per configuration: the exponents of t90 and of ksmd CPU to t90 against the workload size."""
+    out: dict[str, dict[str, t.Any]] = {}
+    for name in dict.fromkeys(r["name"] for r in results):
+        rows = [r for r in results if r["name"] == name]
+        out[name] = {"t90": slope([(r["spec"]["mib"], r["t90"]) for r in rows if r.get("t90")]),
+                     "cpu": slope([(r["spec"]["mib"], r["cpu"]) for r in rows if r.get("t90")]),
+                     "sizes_reached": [r["spec"]["mib"] for r in rows if r.get("t90")]}
+    return out
+
+
+def scale_report(results: list[dict[str, t.Any]], info: dict[str, t.Any], args: argparse.Namespace,
+                 exponents: dict[str, dict[str, t.Any]], notes: list[str]) -> str:
+    head = [machine_line(info),
+            f"Workloads: 4 processes, shape start, {args.unique} % unique, sizes {args.sizes} MiB in all; timeout "
+            f"per size {args.timeout:g} s x size / 8 GiB, at least {args.min_timeout:g} s. Merging counts as settled "
+            f"at {args.full:g} % of the saveable memory or when the saving grew < 1 % over the last full scan; the "
+            f"steady share is ksmd's share over the {args.steady:g} s after that, first with smart_scan 1, then 0.",
+            "",
+            "| size | configuration | t50 | t90 | ksmd CPU s per GiB merged | share to t90 "
+            "| steady share, smart_scan 1 | steady share, smart_scan 0 | saved at end |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        note = "" if r.get("t90") is not None else f" (in {r['window']} s)"
+        head.append(f"| {size_text(r['spec']['mib'])} | {r['name']} | {fmt(r['t50'], ' s')} | {fmt(r['t90'], ' s')} "
+                    f"| {dash(r.get('cpu_per_gib'))}{note} | {fmt(r['share'], ' %')}{note} "
+                    f"| {dash(r.get('steady_smart1'), ' %')} | {dash(r.get('steady_smart0'), ' %')} "
+                    f"| {r['final_mib']} MiB ({r['final_pct']} %) |")
+    head += ["", "How each configuration scales with the size (exponent k of size^k, least squares over the sizes "
+             "that reached 90 %):", ""]
+    for name, e in exponents.items():
+        head.append(f"- {name}: t90 ~ size^{dash(e['t90'])}, ksmd CPU to t90 ~ size^{dash(e['cpu'])} "
+                    f"(sizes reached: {', '.join(size_text(m) for m in e['sizes_reached']) or 'none'})")
+    return "\n".join(head + warnings_lines(results, notes)) + "\n"
+
+
+def plot(out: str, extra: list[str] | None = None) -> None:
     """Draw results.png with bench/merge_plot.py in the bench venv (matplotlib), built on first use."""
     try:
         venv = venvs.ensure_venv("bench")
@@ -547,29 +817,95 @@ def plot(out: str) -> None:
         return
     python = os.path.join(venv, "bin", "python")
     subprocess.run([python, os.path.join(HERE, "merge_plot.py"), os.path.join(out, "results.json"),
-                    os.path.join(out, "results.png")], check=False)
+                    os.path.join(out, "results.png")] + (extra or []), check=False)
 
 
-def main() -> int:
+# ---------------------------------------------------------------------------------------------------------------
+# Plans: which configurations on which workloads
+
+
+def single_spec(args: argparse.Namespace) -> Spec:
+    return Spec(args.mib, args.processes, args.shape, 0 if args.unique is None else args.unique)
+
+
+def find_config(configs: list[Config], name: str) -> Config:
+    return next(c for c in configs if c.name == name)
+
+
+def scale_timeout(args: argparse.Namespace, mib: int) -> float:
+    return max(args.min_timeout, args.timeout * mib / 8192)
+
+
+def plan(args: argparse.Namespace, configs: list[Config]) -> list[tuple[Spec | None, Config, float, bool]]:
+    """(workload, configuration, timeout, steady) in the order they run."""
+    if args.shapes:
+        names = ["unthrottled", args.auto_config, "static"]
+        return [(Spec(args.mib, processes, shape, unique), find_config(configs, name), args.timeout, False)
+                for shape, unique, processes in MATRIX_SHAPES for name in names]
+    if args.scale:
+        names = ["kernel-default", args.auto_config, "advisor-budget", "unthrottled"]
+        return [(Spec(mib, 4, "start", args.unique), find_config(configs, name), scale_timeout(args, mib), True)
+                for mib in args.sizes for name in names]
+    spec = None if args.guests else single_spec(args)
+    return [(spec, cfg, args.timeout, False) for cfg in configs]
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=1024, help="workload size in MiB, all processes together")
     parser.add_argument("--processes", type=int, default=4, help="processes sharing the identical pages")
-    parser.add_argument("--timeout", type=float, default=240, help="seconds per configuration")
-    parser.add_argument("--budget", type=float, default=25, help="ksmd CPU budget, %% of one core")
+    parser.add_argument("--shape", choices=merge_workload.SHAPES, default="start",
+                        help="where pages differ: start, end or random offsets (default start)")
+    parser.add_argument("--unique", type=int, default=None,
+                        help="%% of each process's pages that never merge (default 0; 50 with --scale)")
+    parser.add_argument("--timeout", type=float, default=240,
+                        help="seconds per configuration (with --scale: at 8 GiB, smaller sizes proportionally less)")
+    parser.add_argument("--min-timeout", type=float, default=90, help="--scale: the shortest per-size timeout")
+    parser.add_argument("--budget", type=float, default=25, help="ksmd CPU budget, %% of one core (also the "
+                        "governor's --budget)")
     parser.add_argument("--interval", type=float, default=0.1, help="sampling period in seconds")
     parser.add_argument("--full", type=float, default=99, help="%% of the saveable memory that counts as merged")
     parser.add_argument("--tail", type=float, default=5, help="seconds to keep sampling once merged")
+    parser.add_argument("--steady", type=float, default=10, help="--scale: seconds of each steady-state window")
     parser.add_argument("--only", help="comma-separated configuration names (default: all)")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME:KNOB=V,...",
                         help="an extra sysfs configuration, e.g. fast:pages_to_scan=1000,sleep_millisecs=20")
-    parser.add_argument("--out", default=os.path.join(REPO, "build", "bench", "merge"), help="output folder")
+    parser.add_argument("--shapes", action="store_true", help="the workload matrix: shapes, unique shares, 32 "
+                        "processes; unthrottled, auto and static on each")
+    parser.add_argument("--scale", action="store_true", help="kernel-default, auto, advisor-budget and unthrottled "
+                        "over --sizes, with the steady-state share")
+    parser.add_argument("--sizes", default=SCALE_SIZES, help=f"--scale: MiB in all, comma-separated "
+                        f"(default {SCALE_SIZES})")
+    parser.add_argument("--auto-config", choices=["role-auto", "governor"], default="role-auto",
+                        help="--shapes and --scale: what `auto` is (the real role, or the governor run directly)")
+    parser.add_argument("--out", help="output folder (default build/bench/merge, and its shapes/ or scale/)")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--guests", type=int, default=0, metavar="N",
                         help="VM variant: N identical VM lab guests instead of the process workload")
     args = parser.parse_args()
-    if args.processes < 2 or args.mib % args.processes:
-        parser.error("--processes must be >= 2 and divide --mib")
+    if args.shapes and args.scale or (args.shapes or args.scale) and (args.guests or args.only or args.extra):
+        parser.error("--shapes and --scale run fixed matrices: use one of them, without --guests, --only or --extra")
+    try:
+        args.sizes = [int(v) for v in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes takes MiB as comma-separated integers, not {args.sizes!r}")
+    if args.scale and args.unique is None:
+        args.unique = 50
+    if args.unique is not None and not 0 <= args.unique <= 100:
+        parser.error(f"--unique is a percentage from 0 to 100, not {args.unique}")
+    mibs = args.sizes if args.scale else [args.mib]
+    counts = [p for _s, _u, p in MATRIX_SHAPES] if args.shapes else [4] if args.scale else [args.processes]
+    bad = [(m, p) for m in mibs for p in counts if p < 2 or m % p]
+    if bad and not args.guests:
+        parser.error(f"the process count must be >= 2 and divide the size in MiB ({bad[0][0]} MiB over "
+                     f"{bad[0][1]} processes does not)")
+    base = os.path.join(REPO, "build", "bench", "merge")
+    args.out = args.out or (os.path.join(base, "shapes") if args.shapes else os.path.join(base, "scale")
+                            if args.scale else base)
+    return args
 
+
+def select(args: argparse.Namespace) -> list[Config]:
     configs = list(CONFIGS)
     for extra in args.extra:
         name, _colon, spec = extra.partition(":")
@@ -582,13 +918,24 @@ def main() -> int:
         names = args.only.split(",")
         unknown = set(names) - {c.name for c in configs}
         if unknown:
-            parser.error(f"unknown configurations {sorted(unknown)}; known: {[c.name for c in configs]}")
+            raise SystemExit(f"unknown configurations {sorted(unknown)}; known: {[c.name for c in configs]}")
         configs = [c for c in configs if c.name in names]
+    return configs
 
+
+def main() -> int:
+    args = parse_args()
+    configs = select(args)
+    steps = plan(args, configs)
     ok, why = ksm_guard.writable()
     if not ok:
         print(f"bench/merge needs the real, writable KSM of this machine: {why}", file=sys.stderr)
         return 77
+    if not args.guests and not args.scale:
+        refusal = memory_refusal(max(spec.mib for spec, *_rest in steps if spec))
+        if refusal:
+            print(f"bench/merge: {refusal}.", file=sys.stderr)
+            return 1
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     os.makedirs(args.out, exist_ok=True)
@@ -596,33 +943,45 @@ def main() -> int:
     pid = ksmd_pid()
     ksm = _sysfs.Sysfs()
     results: list[dict[str, t.Any]] = []
+    notes: list[str] = []
     work = tempfile.mkdtemp(prefix="kvmhost-bench-merge.")
-    print(f"kernel {info['kernel']}, {info['cores']} cores, {info['ram_gib']} GiB, load {info['load']}; "
-          + (f"{args.guests} VM lab guests; " if args.guests
-             else f"{args.processes} x {args.mib // args.processes} MiB; ")
-          + f"{len(configs)} configurations, "
-          f"timeout {args.timeout:g} s each", flush=True)
+    started = time.monotonic()
+    mode = "shapes" if args.shapes else "scale" if args.scale else "single"
+    what = (f"{args.guests} VM lab guests" if args.guests else
+            f"{len({s for s, *_r in steps})} workloads" if mode != "single" else t.cast(Spec, steps[0][0]).label
+            if steps else "nothing")
+    print(f"kernel {info['kernel']}, {info['cores']} cores, {info['ram_gib']} GiB, load {info['load']}; {what}; "
+          f"{len(steps)} runs", flush=True)
     try:
         with ksm_guard.guarded(), (Guests(args.guests, work) if args.guests else contextlib.nullcontext()) as guests:
-            for cfg in configs:
-                print(f"- {cfg.name}: {cfg.what} ...", flush=True)
+            for spec, cfg, timeout, steady in steps:
+                print(f"- {cfg.name}{' on ' + spec.label if spec and mode != 'single' else ''}: {cfg.what} "
+                      f"(timeout {timeout:g} s) ...", flush=True)
+                refusal = memory_refusal(spec.mib) if spec else None
+                if refusal:
+                    print(f"  skipped: {refusal}", flush=True)
+                    notes.append(f"{cfg.name} on {spec.label if spec else '?'} skipped: {refusal}")
+                    continue
                 try:
-                    r = measure(cfg, args, ksm, pid, work, guests)
+                    r = measure(cfg, spec, args, ksm, pid, work, guests, timeout, steady)
                 except SystemExit as exc:  # one configuration that cannot run (no ksmtuned .deb, role failure)
                     print(f"  skipped: {exc}", flush=True)
+                    notes.append(f"{cfg.name}{' on ' + spec.label if spec else ''} skipped: {exc}")
                     continue
                 results.append(r)
                 if not guests:
                     r.update(analyse(r.pop("_samples"), r.pop("_t0"), r.pop("_t_apply"), r.pop("_saveable"), args))
                 else:
                     r["t50"] = r["t90"] = r["cpu"] = r["share"] = r["final_pct"] = "?"
+                steady_text = (f", steady {dash(r.get('steady_smart1'), ' %')} / {dash(r.get('steady_smart0'), ' %')}"
+                               if steady else "")
                 print(f"  t50 {fmt(r['t50'], ' s')}, t90 {fmt(r['t90'], ' s')}, ksmd {r['cpu']} CPU s, "
-                      f"share {fmt(r['share'], ' %')}, saved {r['final_pct']} %", flush=True)
+                      f"share {fmt(r['share'], ' %')}, saved {r['final_pct']} %{steady_text}", flush=True)
             ksm.write("run", "unmerged")
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"interrupted ({exc or 'Ctrl-C'}): KSM restored by the guard; partial results follow", file=sys.stderr)
     finally:
-        for name in ("role.log", "ksmtuned.log"):
+        for name in ("role.log", "ksmtuned.log", "governor.log"):
             if os.path.exists(os.path.join(work, name)):
                 shutil.copy(os.path.join(work, name), os.path.join(args.out, name))
         shutil.rmtree(work, ignore_errors=True)
@@ -631,16 +990,28 @@ def main() -> int:
         for r in results:
             r.update(analyse(r.pop("_samples"), r.pop("_t0"), r.pop("_t_apply"), most, args))
     info["load_end"] = loadavg()
-    target = verdicts(results, args.budget)
-    text = report(results, info, args, target)
+    info["minutes"] = round((time.monotonic() - started) / 60, 1)
+    data: dict[str, t.Any] = {"mode": mode, "machine": info, "args": vars(args), "results": results, "notes": notes}
+    extra_plot: list[str] = []
+    if mode == "shapes":
+        data["targets"] = {label: verdicts(rows, args.budget) for label, rows in grouped(results).items()}
+        text = shapes_report(results, info, args, data["targets"], notes)
+    elif mode == "scale":
+        data["scaling"] = scaling(results)
+        text = scale_report(results, info, args, data["scaling"], notes)
+        shapes_json = os.path.join(os.path.dirname(args.out), "shapes", "results.json")
+        extra_plot = [shapes_json] if os.path.exists(shapes_json) else []
+    else:
+        data["target"] = verdicts(results, args.budget)
+        text = report(results, info, args, data["target"], notes)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"machine": info, "args": vars(args), "target": target, "results": results}, f, indent=1)
+        json.dump(data, f, indent=1)
     print()
     print(text)
     if results and not args.no_plot:
-        plot(args.out)
+        plot(args.out, extra_plot)
     print(f"written: {args.out}/results.md, results.json" + ("" if args.no_plot else ", results.png"))
     return 0
 
