@@ -27,6 +27,7 @@ Uses the ansible next to this Python and the collection environment of tests/sup
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -35,13 +36,24 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing as t
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from support import collection, tools  # noqa: E402  (tests/support)
+from idle_processes import IdleProcesses  # noqa: E402  (bench/, this script's directory)
+from support import collection, ksm_guard, tools  # noqa: E402  (tests/support; ksm_guard imports the collection)
+from support.merge_workload import Workload  # noqa: E402
+
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _apply, _procfs, _sysfs  # noqa: E402
 
 MODULES = ("ansible.builtin.ping", "kvmhost.ksm.ksm_facts", "ansible.builtin.setup")
+AXIS_MODULES = ("ansible.builtin.ping", "kvmhost.ksm.ksm_facts")
+AXIS_COUNTS = "0,100,1000,5000"
+AXIS_TARGETS = {1000: 1.2, 5000: 1.5}  # issue 14 (ksm_facts / ping); elsewhere issue 3's 1.2
+EXTRA_PAGES = 2  # mergeable pages each extra process holds in the merged case
+WORKLOAD = (4, 16)  # the merge workload of the merged case: processes, MiB each
+MERGE_SETTINGS = {"pages_to_scan": 5000, "sleep_millisecs": 10}  # fast merging before the measurement
 SHORT = {"ansible.builtin.ping": "ping", "kvmhost.ksm.ksm_facts": "ksm_facts", "ansible.builtin.setup": "setup"}
 
 CALLBACK = '''
@@ -88,22 +100,26 @@ def tool(name: str) -> str:
     return tools.find_tool(name) or name
 
 
-def rotated(round_no: int) -> list[str]:
-    shift = round_no % len(MODULES)
-    return list(MODULES[shift:] + MODULES[:shift])
+def rotated(round_no: int, modules: tuple[str, ...] = MODULES) -> list[str]:
+    shift = round_no % len(modules)
+    return list(modules[shift:] + modules[:shift])
 
 
-def task_times(env: dict[str, str], work: str, rounds: int, processes: int) -> dict[str, list[float]]:
-    """Per-task wall times of the three modules inside one playbook run (plus one warm-up round)."""
+def module_args(module: str, processes: int) -> dict[str, int]:
+    return {"processes": processes} if module == "kvmhost.ksm.ksm_facts" else {}
+
+
+def task_times(env: dict[str, str], work: str, rounds: int, processes: int,
+               modules: tuple[str, ...] = MODULES) -> dict[str, list[float]]:
+    """Per-task wall times of the modules inside one playbook run (plus one warm-up round)."""
     cb_dir = os.path.join(work, "callback_plugins")
     os.makedirs(cb_dir, exist_ok=True)
     with open(os.path.join(cb_dir, "task_times.py"), "w") as f:
         f.write(CALLBACK)
     tasks = []
     for n in range(rounds + 1):
-        for module in rotated(n):
-            args = {"processes": processes} if module == "kvmhost.ksm.ksm_facts" else {}
-            tasks.append({"name": f"{n} {module}", module: args})
+        for module in rotated(n, modules):
+            tasks.append({"name": f"{n} {module}", module: module_args(module, processes)})
     play = [{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]
     playbook = os.path.join(work, "bench.yml")
     with open(playbook, "w") as f:
@@ -114,7 +130,7 @@ def task_times(env: dict[str, str], work: str, rounds: int, processes: int) -> d
     subprocess.run([tool("ansible-playbook"), playbook], env=run_env, check=True, stdout=subprocess.DEVNULL)
     with open(out) as f:
         times = json.load(f)
-    result: dict[str, list[float]] = {m: [] for m in MODULES}
+    result: dict[str, list[float]] = {m: [] for m in modules}
     for name, seconds in times.items():
         n, module = name.split(" ", 1)
         if n != "0":  # round 0 warms caches up
@@ -144,13 +160,13 @@ def adhoc_times(env: dict[str, str], rounds: int, processes: int) -> tuple[dict[
     return wall, cpu
 
 
-def payload_times(env: dict[str, str], work: str, rounds: int,
-                  processes: int) -> tuple[dict[str, list[float]], ...]:
-    """Wall and CPU time of each module's AnsiballZ payload run directly on this host: the managed host's share."""
+def keep_payloads(env: dict[str, str], work: str, processes: int,
+                  modules: tuple[str, ...] = MODULES) -> dict[str, str]:
+    """Run each module once with ANSIBLE_KEEP_REMOTE_FILES and return the path of its AnsiballZ payload."""
     remote = os.path.join(work, "remote")
     keep = dict(env, ANSIBLE_KEEP_REMOTE_FILES="1", ANSIBLE_REMOTE_TMP=remote, ANSIBLE_PIPELINING="false")
     payloads = {}
-    for module in MODULES:
+    for module in modules:
         cmd = [tool("ansible"), "localhost", "-m", module]
         if module == "kvmhost.ksm.ksm_facts":
             cmd += ["-a", f"processes={processes}"]
@@ -160,11 +176,17 @@ def payload_times(env: dict[str, str], work: str, rounds: int,
         files = [os.path.join(remote, d, f) for d in new for f in os.listdir(os.path.join(remote, d))
                  if f.startswith("AnsiballZ_")]
         payloads[module] = files[0]
+    return payloads
+
+
+def payload_times(env: dict[str, str], payloads: dict[str, str], rounds: int,
+                  modules: tuple[str, ...] = MODULES) -> tuple[dict[str, list[float]], ...]:
+    """Wall and CPU time of each module's AnsiballZ payload run directly on this host: the managed host's share."""
     python = env["ANSIBLE_PYTHON_INTERPRETER"]
-    wall: dict[str, list[float]] = {m: [] for m in MODULES}
-    cpu: dict[str, list[float]] = {m: [] for m in MODULES}
+    wall: dict[str, list[float]] = {m: [] for m in modules}
+    cpu: dict[str, list[float]] = {m: [] for m in modules}
     for n in range(rounds + 1):
-        for module in rotated(n):
+        for module in rotated(n, modules):
             start, start_cpu = time.perf_counter(), cpu_seconds()
             subprocess.run([python, payloads[module]], check=True, stdout=subprocess.DEVNULL)
             if n:
@@ -203,6 +225,115 @@ def report(title: str, times: dict[str, list[float]]) -> dict[str, float]:
     return med
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The process-count axis (issue 14)
+
+
+def merge_now(ksm: t.Any, timeout: float = 180.0) -> int:
+    """Run ksmd fast until a full scan merges nothing new (at least three full scans: a page joins the unstable
+    tree only when its checksum held for one scan), then stop it with run=0, which keeps the merged pages.
+    Returns pages_sharing. Call inside the KSM guard."""
+    request: dict[str, t.Any] = dict(MERGE_SETTINGS, run="running")
+    if ksm.has("advisor_mode"):
+        request["advisor_mode"] = "none"  # the advisor would own pages_to_scan
+    _apply.converge(ksm, request, allow_unmerge=True, timeout=120)
+    first = int(ksm.read("full_scans"))
+    scans, sharing = first, -1
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = int(ksm.read("full_scans"))
+        if now == scans:
+            continue
+        scans, before, sharing = now, sharing, int(ksm.read("pages_sharing"))
+        if scans - first >= 3 and sharing == before:
+            break
+    else:
+        print(f"  KSM still merging after {timeout:.0f} s; measuring what it merged so far")
+    _apply.converge(ksm, {"run": "stopped"}, allow_unmerge=False, timeout=120)
+    return int(ksm.read("pages_sharing"))
+
+
+def merged_processes(pids: list[int]) -> int:
+    """How many of pids have merged pages now (ksm_merging_pages of ksm_stat, or of its own file on 5.19-6.3)."""
+    source = _procfs.process_source()
+    count = 0
+    for pid in pids:
+        try:
+            text = _procfs.read_process_file(pid, source or "ksm_stat")
+        except OSError:
+            continue
+        pages = (_procfs.parse_ksm_stat(text).get("ksm_merging_pages", 0) if source == "ksm_stat"
+                 else int(text.strip() or 0))
+        count += bool(pages)
+    return count
+
+
+def measure_case(env: dict[str, str], work: str, payloads: dict[str, str],
+                 args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """The payload (wall, CPU) and task shapes of ping and ksm_facts on the host as it is now."""
+    shapes: dict[str, dict[str, list[float]]] = {}
+    if args.payload_rounds:
+        wall, cpu = payload_times(env, payloads, args.payload_rounds, AXIS_MODULES)
+        shapes["payload, wall"], shapes["payload, CPU"] = wall, cpu
+    for setting in (("off", "on") if args.pipelining == "both" else (args.pipelining,)) if args.rounds else ():
+        run_env = dict(env, ANSIBLE_PIPELINING="true" if setting == "on" else "false")
+        shapes[f"task (pipelining {setting})"] = task_times(run_env, work, args.rounds, args.processes,
+                                                            AXIS_MODULES)
+    return shapes
+
+
+def paired_ratio(facts: list[float], ping: list[float]) -> float:
+    """The median of the per-round ratios (the two runs of a round are next to each other: load drift cancels)."""
+    return statistics.median(f / p for f, p in zip(facts, ping, strict=True))
+
+
+def processes_axis(env: dict[str, str], work: str, args: argparse.Namespace) -> list[tuple[t.Any, ...]]:
+    """Every count of extra idle processes, without and with merged pages; rows for the table."""
+    counts = [int(word) for word in args.processes_axis.split(",")]
+    payloads = keep_payloads(env, work, args.processes, AXIS_MODULES)
+    can_merge, why = ksm_guard.writable()
+    if not can_merge:
+        print(f"merged cases skipped: {why}")
+    ksm = _sysfs.Sysfs(_sysfs.DEFAULT_ROOT)
+    rows = []
+    for count in counts:
+        for merged in (False, True) if can_merge else (False,):
+            label = f"{count} extra processes, {'with' if merged else 'without'} merged pages"
+            print(f"\n{label}: starting them", flush=True)
+            with contextlib.ExitStack() as stack:
+                if merged:
+                    stack.enter_context(ksm_guard.guarded())  # lock, save, restore after the processes stopped
+                    stack.enter_context(Workload(*WORKLOAD))
+                idle = stack.enter_context(IdleProcesses(count, EXTRA_PAGES if merged else 0))
+                note = ""
+                if merged:
+                    sharing = merge_now(ksm)
+                    note = (f"pages_sharing {sharing}, extra processes with merged pages "
+                            f"{merged_processes(idle.pids)}/{count}")
+                    print(f"  merged: {note}", flush=True)
+                shapes = measure_case(env, work, payloads, args)
+            for shape, times in shapes.items():
+                ping, facts = times["ansible.builtin.ping"], times["kvmhost.ksm.ksm_facts"]
+                target = AXIS_TARGETS.get(count, 1.2)
+                ratio = paired_ratio(facts, ping)
+                rows.append((count, merged, shape, statistics.median(ping), statistics.median(facts), ratio, target))
+                print(f"  {shape:<24} ping {statistics.median(ping) * 1000:6.0f} ms   ksm_facts "
+                      f"{statistics.median(facts) * 1000:6.0f} ms   ratio {ratio:.2f} (target <= {target})",
+                      flush=True)
+    return rows
+
+
+def axis_table(rows: list[tuple[t.Any, ...]]) -> str:
+    lines = ["| extra processes | merged pages | shape | ping | ksm_facts | facts / ping | target |",
+             "|---|---|---|---|---|---|---|"]
+    for count, merged, shape, ping, facts, ratio, target in rows:
+        verdict = f"**{ratio:.2f}**" if ratio <= target else f"{ratio:.2f} (missed)"
+        lines.append(f"| {count} | {'yes' if merged else 'no'} | {shape} | {ping * 1000:.0f} ms | "
+                     f"{facts * 1000:.0f} ms | {verdict} | {target} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=9, help="rounds of the playbook measurement")
@@ -212,13 +343,23 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=10, help="the processes option of ksm_facts")
     parser.add_argument("--pipelining", choices=("off", "on", "both"), default="both",
                         help="ANSIBLE_PIPELINING for the runs (default: both, one after the other)")
+    parser.add_argument("--processes-axis", nargs="?", const=AXIS_COUNTS, metavar="COUNTS",
+                        help=f"instead: ping and ksm_facts with COUNTS extra idle processes (default {AXIS_COUNTS}), "
+                             "each without and with merged pages")
     args = parser.parse_args()
+    if args.processes_axis:
+        with tempfile.TemporaryDirectory(prefix="facts-cost-") as work:
+            print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
+                  f"Python {sys.version.split()[0]}, ksm_facts processes={args.processes}")
+            rows = processes_axis(collection.ansible_env(), work, args)
+        print(f"\nload {os.getloadavg()[0]:.2f} at the end\n\n" + axis_table(rows))
+        return 0
     with tempfile.TemporaryDirectory(prefix="facts-cost-") as work:
         base = collection.ansible_env()
         print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
               f"Python {sys.version.split()[0]}, ksm_facts processes={args.processes}")
         if args.payload_rounds:
-            wall, cpu = payload_times(base, work, args.payload_rounds, args.processes)
+            wall, cpu = payload_times(base, keep_payloads(base, work, args.processes), args.payload_rounds)
             report("module payload alone on this host (AnsiballZ run directly), wall time", wall)
             report("module payload alone on this host (AnsiballZ run directly), CPU time", cpu)
         settings = ("off", "on") if args.pipelining == "both" else (args.pipelining,)
