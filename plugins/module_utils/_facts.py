@@ -20,7 +20,7 @@ import platform
 import sys
 import typing as t
 
-from ansible_collections.kvmhost.ksm.plugins.module_utils import _managers, _memory, _procfs
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _governor, _managers, _memory, _procfs
 from ansible_collections.kvmhost.ksm.plugins.module_utils._procfs import PROC_ROOT
 from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
     DEFAULT_ROOT,
@@ -34,8 +34,10 @@ from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
 
 NODE_ROOT = "/sys/devices/system/node"
 SYSTEMD_ROOT = "/run/systemd/system"  # exists only while systemd is the running service manager
-SERVICE_UNITS = ("ksm.service", "ksmtuned.service", "qemu-kvm.service", "tuned.service")
-ALWAYS_REPORTED_UNITS = ("ksm.service", "ksmtuned.service")  # qemu-kvm.service (Ubuntu), tuned only where they exist
+GOVERNOR_UNIT = _governor.NAME + ".service"  # the role's budget governor (auto mode)
+SERVICE_UNITS = ("ksm.service", "ksmtuned.service", "qemu-kvm.service", "tuned.service", GOVERNOR_UNIT)
+# qemu-kvm.service (Ubuntu), tuned and the governor only where they exist
+ALWAYS_REPORTED_UNITS = ("ksm.service", "ksmtuned.service")
 UNIT_PROPERTIES = ("Id", "LoadState", "ActiveState", "UnitFileState")
 UNKNOWN = "unknown"
 
@@ -431,6 +433,7 @@ def unavailable(sysfs_root: str, release: str, page_size: int, reason: str) -> F
         "memory": None,
         "managers": [],
         "merging_services": [],
+        "governor": None,
     }
 
 
@@ -491,6 +494,8 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
         "processes": scan["processes"],
         "merging_services": scan["merging_services"],
         "managers": _managers.detect(services["units"], scan["comm_pids"], root),
+        # the role's own budget governor (not one of the managers): its state file, null where it never ran
+        "governor": _governor.read_state(os.path.join(root, _governor.DEFAULT_STATE.lstrip("/"))),
     }
     facts["numa"]["numad_pids"] = scan["comm_pids"]["numad"]
     facts["numa"]["numad_running"] = bool(scan["comm_pids"]["numad"])

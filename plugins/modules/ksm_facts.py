@@ -453,8 +453,8 @@ ansible_facts:
               sample: systemd
             units:
               description:
-                - Per unit (C(ksm.service), C(ksmtuned.service), and Ubuntu's C(qemu-kvm.service) where systemd knows
-                  it), its C(load_state) (V(loaded), V(not-found), ...), C(active_state) (V(active), V(inactive), ...)
+                - Per unit (C(ksm.service), C(ksmtuned.service), and where systemd knows them Ubuntu's
+                  C(qemu-kvm.service), C(tuned.service) and the role's C(kvmhost-ksm-governor.service)), its C(load_state) (V(loaded), V(not-found), ...), C(active_state) (V(active), V(inactive), ...)
                   and C(unit_file_state) (V(enabled), V(disabled), V(masked), ...).
                 - Every state is V(unknown) without systemd.
               type: dict
@@ -666,6 +666,52 @@ ansible_facts:
               type: list
               elements: str
               sample: [run=2]
+        governor:
+          description:
+            - The state file of the kvmhost.ksm.ksm role's budget governor (C(ksm_mode=auto); C(/run/kvmhost-ksm-governor.json),
+              rewritten every interval); V(null) where it never ran since boot or the file cannot be read. The governor
+              is not listed in RV(ansible_facts.ksm.managers), being the role's own; it stops by itself (phase
+              V(yielded)) when anything else writes C(pages_to_scan).
+            - Its unit is C(kvmhost-ksm-governor.service) in RV(ansible_facts.ksm.services.units).
+          returned: always
+          type: dict
+          contains:
+            pid:
+              description: The governor's process id.
+              type: int
+              sample: 1234
+            phase:
+              description:
+                - V(starting) (its first interval), V(merging) (holding C(budget)), V(settled) (a full scan merged little; holding C(settled_budget)),
+                  V(idle) (C(run) is not 1 or the advisor owns C(pages_to_scan)), V(yielded) (another writer set
+                  C(pages_to_scan); the governor exited), V(blind) (ksmd is not visible, as in a container; it holds its
+                  start value).
+              type: str
+              sample: merging
+            note:
+              description: Why it is in that phase, in words.
+              type: str
+              sample: ksmd runs; budget 25 % of one core
+            budget:
+              description: The CPU budget while merging, a share of one core (0.25 = 25 %).
+              type: float
+              sample: 0.25
+            settled_budget:
+              description: The CPU budget once merging settled, a share of one core.
+              type: float
+              sample: 0.05
+            pages_to_scan:
+              description: The value it last wrote.
+              type: int
+              sample: 2300
+            share:
+              description: ksmd's share of one core over the last interval (0-1); V(null) when unknown.
+              type: float
+              sample: 0.248
+            updated:
+              description: When the file was written (Unix time).
+              type: float
+              sample: 1764587700.5
 """
 
 import typing as t

@@ -3,9 +3,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The kvmhost.ksm.ksm role's data: the modes table in vars/main.yml, the platform files, the exported fact.
 
-Every mode of the argument spec except auto has one row of __ksm_modes with the same keys and values the tasks
-understand; auto resolves to a row; no two platform files are copies (an identical one is a symlink); the exported
-ksm_effective_mode is set by the role, documented in its README and is not an input variable.
+Every mode of the argument spec has one row of __ksm_modes with the same keys and values the tasks understand;
+auto's fallback (no systemd, or the governor switched off) is a row; only auto runs the governor, which owns
+pages_to_scan; no two platform files are copies (an identical one is a symlink); the exported ksm_effective_mode is
+set by the role, documented in its README and is not an input variable.
 """
 
 import hashlib
@@ -33,6 +34,7 @@ COLUMNS = {
     "units_enabled": (True, False),
     "units_mask": ("unmask", "mask", "keep"),
     "verb": None,  # free text
+    "governor": (True, False),
 }
 
 
@@ -45,10 +47,20 @@ def modes():
     return load("vars", "main.yml")["__ksm_modes"]
 
 
-def test_every_mode_but_auto_has_one_row():
+def test_every_mode_has_one_row():
     choices = load("meta", "argument_specs.yml")["argument_specs"]["main"]["options"]["ksm_mode"]["choices"]
-    assert sorted(modes()) == sorted(c for c in choices if c != "auto")
-    assert load("vars", "main.yml")["__ksm_auto_mode"] in modes()
+    assert sorted(modes()) == sorted(choices)
+    fallback = load("vars", "main.yml")["__ksm_auto_fallback"]
+    assert fallback in modes() and not modes()[fallback]["governor"]
+
+
+def test_only_auto_runs_the_governor_which_owns_pages_to_scan():
+    assert [mode for mode, row in modes().items() if row["governor"]] == ["auto"]
+    row = modes()["auto"]
+    assert row["pages_to_scan"] == "owned" and row["sleep_millisecs"] == "pinned", row
+    assert row["state"] == "running" and row["advisor_mode"] == "none", row
+    # the governor writes its start value at boot: a pages_to_scan line another mode persisted is dropped
+    assert row["persist_drop"] == ["pages_to_scan"], row
 
 
 def test_every_row_has_the_columns_the_tasks_read():
@@ -68,7 +80,8 @@ def test_modes_that_own_run_leave_the_daemons_knobs_to_nobody():
             assert row["pages_to_scan"] == row["sleep_millisecs"] == "owned", mode
             assert row["persist_drop"] and row["packages"] and row["units_state"] == "started", mode
         else:
-            assert row["persist_drop"] == [] and row["units_state"] == "stopped", mode
+            assert row["persist_drop"] == (["pages_to_scan"] if row["governor"] else []), mode
+            assert row["units_state"] == "stopped", mode
 
 
 def test_identical_platform_files_are_symlinks():

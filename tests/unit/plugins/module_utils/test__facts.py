@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from ansible_collections.kvmhost.ksm.plugins.module_utils import _facts, _procfs
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _facts, _managers, _procfs
 from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import KNOBS, STATISTIC_NAMES
 
 from ansible_collections.kvmhost.ksm.tests.unit.fake_host import OBSERVED_6_18, ksm_stat_text, make_nodes, make_proc
@@ -432,7 +432,8 @@ def test_services_from_one_systemctl_call(tmp_path):
     run = FakeSystemctl(SHOW)
     facts = _facts.service_facts(run, "/bin/systemctl", str(tmp_path))
     assert run.calls == [["/bin/systemctl", "show", "-p", "Id,LoadState,ActiveState,UnitFileState",
-                          "ksm.service", "ksmtuned.service", "qemu-kvm.service", "tuned.service"]]
+                          "ksm.service", "ksmtuned.service", "qemu-kvm.service", "tuned.service",
+                          "kvmhost-ksm-governor.service"]]
     assert facts == {"manager": "systemd", "units": {
         "ksm.service": {"load_state": "loaded", "active_state": "active", "unit_file_state": "enabled"},
         "ksmtuned.service": {"load_state": "loaded", "active_state": "inactive", "unit_file_state": "disabled"},
@@ -464,6 +465,22 @@ def test_collect_services_and_ksmtuned(ksm_tree, fake_proc, node_tree, tmp_path)
     assert facts["services"]["manager"] == "systemd"
     assert facts["services"]["ksmtuned_running"] is True
     assert facts["services"]["ksmtuned_pids"] == [812]
+
+
+def test_collect_reads_the_role_governors_state_file_and_lists_it_as_no_manager(ksm_tree, fake_proc, node_tree,
+                                                                                tmp_path):
+    proc, sysfs, nodes = fake_proc(KTHREADS), ksm_tree("6.8"), node_tree([[10]])
+    root = tmp_path / "root"
+    facts = collect(sysfs, proc, nodes, root=str(root))
+    assert facts["governor"] is None  # never ran since boot
+    (root / "run").mkdir(parents=True)
+    (root / "run" / "kvmhost-ksm-governor.json").write_text(
+        '{"pid": 77, "phase": "blind", "pages_to_scan": 2300, "share": null}')
+    units = {"kvmhost-ksm-governor.service": {"load_state": "loaded", "active_state": "active",
+                                              "unit_file_state": "enabled"}}
+    facts = collect(sysfs, proc, nodes, root=str(root))
+    assert facts["governor"] == {"pid": 77, "phase": "blind", "pages_to_scan": 2300, "share": None}
+    assert _managers.detect(units, {}, str(root)) == []  # the role's own governor is not another manager
 
 
 def test_scan_finds_numad_guests_and_merging_services(fake_proc):
