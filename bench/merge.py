@@ -78,6 +78,7 @@ MATRIX_SHAPES = [("start", 0, 4), ("end", 0, 4), ("random", 0, 4), ("start", 50,
                  ("start", 0, 32)]  # --shapes: (content shape, unique %, processes)
 SCALE_SIZES = "256,1024,2048,4096,8192"
 GOVERNOR_STATE = "/run/kvmhost-ksm-governor.json"  # the governor's default state file (the role's service)
+GOVERNOR_UNIT = "/etc/systemd/system/kvmhost-ksm-governor.service"  # the role's auto mode installs it
 GOVERNOR_MAIN = ("import sys; from ansible_collections.kvmhost.ksm.plugins.module_utils._governor import main; "
                  "sys.exit(main())")
 
@@ -528,7 +529,8 @@ def measure(cfg: Config, spec: Spec | None, args: argparse.Namespace, ksm: _sysf
         saveable = None if isinstance(load, Guests) else load.saveable
         others = other_mergeable(load.pids)
         if others:
-            result["warning"] = "other processes with mergeable memory: " + ", ".join(others)
+            result["warning"] = (f"{len(others)} other processes with mergeable memory: " + ", ".join(others[:8])
+                                 + (", ..." if len(others) > 8 else "") + " (their pages count in the figures)")
             print(f"  WARNING: {result['warning']}", flush=True)
         reset(ksm)
         sampler = Sampler(ksm, pid, args.interval, GOVERNOR_STATE if cfg.kind == "role" else None)
@@ -551,7 +553,10 @@ def measure(cfg: Config, spec: Spec | None, args: argparse.Namespace, ksm: _sysf
                 result["what"] += f" ({tuned.version})"
                 t0 = t_apply  # ksmtuned owns run: deciding when to start is part of what it does
             else:
-                result["chose"] = run_role(work, cfg.settings)
+                role_vars = dict(cfg.settings)
+                if role_vars.get("ksm_mode") == "auto":
+                    role_vars["ksm_cpu_budget"] = int(args.budget) if args.budget == int(args.budget) else args.budget
+                result["chose"] = run_role(work, role_vars)
                 result["what"] += f": chose {result['chose']}"
                 on = [s["t"] for s in sampler.samples if s["t"] >= t_apply and s["run"] == "running"]
                 t0 = on[0] if on else time.monotonic()
@@ -600,7 +605,7 @@ def crossing(rows: list[dict[str, t.Any]], level: float) -> dict[str, float] | N
     return None
 
 
-def share_series(rows: list[dict[str, t.Any]], t0: float, step: float = 1.0) -> list[list[float]]:
+def share_series(rows: list[dict[str, t.Any]], t0: float, step: float = 0.5) -> list[list[float]]:
     """ksmd's share of one core (%) over consecutive windows of about `step` seconds, at each window's end."""
     out = []
     prev = rows[0] if rows else None
@@ -824,6 +829,15 @@ def plot(out: str, extra: list[str] | None = None) -> None:
 # Plans: which configurations on which workloads
 
 
+def remove_role_governor(work: str) -> None:
+    """The role's auto mode installs the governor service on a systemd host; a role run in static mode removes it."""
+    print(f"- removing the governor service the role installed ({GOVERNOR_UNIT}): the role in static mode", flush=True)
+    try:
+        run_role(work, {"ksm_mode": "static"})
+    except SystemExit as exc:
+        print(f"  could not remove it: {exc}", flush=True)
+
+
 def single_spec(args: argparse.Namespace) -> Spec:
     return Spec(args.mib, args.processes, args.shape, 0 if args.unique is None else args.unique)
 
@@ -876,8 +890,10 @@ def parse_args() -> argparse.Namespace:
                         "over --sizes, with the steady-state share")
     parser.add_argument("--sizes", default=SCALE_SIZES, help=f"--scale: MiB in all, comma-separated "
                         f"(default {SCALE_SIZES})")
-    parser.add_argument("--auto-config", choices=["role-auto", "governor"], default="role-auto",
-                        help="--shapes and --scale: what `auto` is (the real role, or the governor run directly)")
+    parser.add_argument("--auto-config", choices=["role-auto", "governor"],
+                        help="--shapes and --scale: what `auto` is, the real role or the governor run directly "
+                        "(default role-auto on a booted systemd host, where the role runs the governor service; "
+                        "elsewhere the role falls back to static, so governor)")
     parser.add_argument("--out", help="output folder (default build/bench/merge, and its shapes/ or scale/)")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--guests", type=int, default=0, metavar="N",
@@ -889,6 +905,13 @@ def parse_args() -> argparse.Namespace:
         args.sizes = [int(v) for v in args.sizes.split(",")]
     except ValueError:
         parser.error(f"--sizes takes MiB as comma-separated integers, not {args.sizes!r}")
+    if args.auto_config is None:
+        args.auto_config = "role-auto" if os.path.isdir("/run/systemd/system") else "governor"
+        if args.shapes or args.scale:
+            print(f"auto = {args.auto_config}" + ("" if args.auto_config == "role-auto" else
+                  ": this host does not run systemd, so the role's auto mode would fall back to the static "
+                  "profile; the governor runs directly instead (--auto-config role-auto to measure the role)"),
+                  flush=True)
     if args.scale and args.unique is None:
         args.unique = 50
     if args.unique is not None and not 0 <= args.unique <= 100:
@@ -946,6 +969,7 @@ def main() -> int:
     notes: list[str] = []
     work = tempfile.mkdtemp(prefix="kvmhost-bench-merge.")
     started = time.monotonic()
+    had_unit = os.path.exists(GOVERNOR_UNIT)
     mode = "shapes" if args.shapes else "scale" if args.scale else "single"
     what = (f"{args.guests} VM lab guests" if args.guests else
             f"{len({s for s, *_r in steps})} workloads" if mode != "single" else t.cast(Spec, steps[0][0]).label
@@ -977,6 +1001,8 @@ def main() -> int:
                                if steady else "")
                 print(f"  t50 {fmt(r['t50'], ' s')}, t90 {fmt(r['t90'], ' s')}, ksmd {r['cpu']} CPU s, "
                       f"share {fmt(r['share'], ' %')}, saved {r['final_pct']} %{steady_text}", flush=True)
+            if not had_unit and os.path.exists(GOVERNOR_UNIT):
+                remove_role_governor(work)
             ksm.write("run", "unmerged")
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"interrupted ({exc or 'Ctrl-C'}): KSM restored by the guard; partial results follow", file=sys.stderr)

@@ -34,9 +34,10 @@ def share_over_time(ax: t.Any, rows: list[dict[str, t.Any]], label: t.Callable[[
         ax.plot([p[0] for p in series], [p[1] for p in series], label=label(r), linewidth=1.4)
     ax.axhline(budget, color="red", linestyle="--", linewidth=0.8)
     ax.axhline(budget * 1.1, color="red", linestyle=":", linewidth=0.8)
-    ax.text(0, budget * 1.1, f" budget {budget:g} % + 10 %", va="bottom", color="red")
+    ax.text(0.01, budget * 1.1, f"budget {budget:g} % + 10 %", va="bottom", color="red",
+            transform=ax.get_yaxis_transform())
     ax.set_xlabel("seconds since the configuration was applied")
-    ax.set_ylabel("ksmd share of one core, % (1 s windows)")
+    ax.set_ylabel("ksmd share of one core, % (0.5 s windows)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize=7)
