@@ -15,6 +15,7 @@ in the ksm_facts module documentation.
 """
 
 import errno
+import heapq
 import os
 import platform
 import sys
@@ -318,34 +319,53 @@ def scan_proc(proc_root: str = PROC_ROOT,
               page_size: int = 4096,
               source: t.Optional[str] = None) -> Facts:
     """One pass over proc_root: the processes of other KSM managers and numad (by comm), QEMU guests (command line
-    and VmRSS), the top `limit` processes by merged pages and the services whose processes merge all their memory
-    (ksm_merge_any). Per pid it reads stat and, when limit > 0, the per-process KSM file. Entries that vanish or
-    cannot be read are skipped. Returns {"ksmtuned_pids": [...], "comm_pids": {comm: [...]}, "guests": [(given,
-    resident), ...], "processes": [...], "merging_services": [...], "source": ...} (processes sorted)."""
+    and VmRSS), the ksmd kernel thread, the top `limit` processes by merged pages and the services whose processes
+    merge all their memory (ksm_merge_any). Entries that vanish or cannot be read are skipped. Returns
+    {"ksmtuned_pids": [...], "comm_pids": {comm: [...]}, "guests": [(given, resident), ...], "processes": [...],
+    "merging_services": [...], "source": ..., "ksmd_pid": ...} (processes sorted).
+
+    Cost, for hosts with thousands of processes: per pid it reads comm and, when limit > 0, the per-process KSM file
+    (kernel threads give an empty one); stat only for the few whose comm is ksmd or looks like QEMU (to tell kernel
+    threads) and for the top `limit` (the comm reported is stat's, escaped as before); a KSM file that says nothing
+    (ksm_idle: all zero, no flag set, the usual case) is not parsed; command lines and cgroups only for the top
+    `limit` and the merge_any processes."""
     if limit > 0 and source is None:
         source = _procfs.process_source(proc_root)
+    per_process = limit > 0 and source is not None
     # 6.1: merged pages from ksm_merging_pages, rmap items from ksm_stat (read only for processes with merged pages)
     stat_too = source == "ksm_merging_pages" and _procfs.has_process_file("self", "ksm_stat", proc_root)
     comm_pids: t.Dict[str, t.List[int]] = dict((comm, []) for comm in _managers.WATCHED_COMMS)
     guests: t.List[t.Tuple[int, t.Optional[int]]] = []
     records: t.List[Facts] = []
     merge_any: t.List[Facts] = []
-    comms: t.Dict[int, str] = {}
+    ksmd: t.List[int] = []
     for pid in _procfs.pids(proc_root):
-        stat = _procfs.read_proc_stat(pid, proc_root)
-        if stat is None:
+        comm = _procfs.read_comm(pid, proc_root)
+        if comm is None:
             continue  # exited meanwhile, or unreadable
-        if stat.comm in comm_pids:
-            comm_pids[stat.comm].append(pid)
-        if stat.ppid != _procfs.KTHREADD_PID and (stat.comm.startswith("qemu") or stat.comm == "kvm"):
-            argv = _procfs.read_cmdline(pid, proc_root)
-            if is_qemu(stat.comm, argv):
-                guests.append((_memory.qemu_memory(argv), _procfs.process_rss(pid, proc_root)))
-        if limit <= 0 or source is None or stat.ppid == _procfs.KTHREADD_PID or pid == _procfs.KTHREADD_PID:
-            continue  # kernel threads have no memory of their own
+        if comm in comm_pids:
+            comm_pids[comm].append(pid)
+        if comm == "ksmd" or comm.startswith("qemu") or comm == "kvm":
+            stat = _procfs.read_proc_stat(pid, proc_root)  # its parent tells a kernel thread
+            if stat is None:
+                continue
+            if _procfs.is_ksmd(stat):
+                ksmd.append(pid)
+            elif stat.ppid != _procfs.KTHREADD_PID and (stat.comm.startswith("qemu") or stat.comm == "kvm"):
+                argv = _procfs.read_cmdline(pid, proc_root)
+                if is_qemu(stat.comm, argv):
+                    guests.append((_memory.qemu_memory(argv), _procfs.process_rss(pid, proc_root)))
+        if not per_process or pid == _procfs.KTHREADD_PID:
+            continue
         try:
-            record = _process_record(pid, source, _procfs.read_process_file(pid, source, proc_root))
-        except (IOError, OSError, ValueError):
+            text = _procfs.read_process_file(pid, t.cast(str, source), proc_root)
+        except (IOError, OSError):
+            continue
+        if _procfs.ksm_idle(text):
+            continue  # kernel thread (empty file) or a process KSM never saw: nothing to report
+        try:
+            record = _process_record(pid, t.cast(str, source), text)
+        except ValueError:
             continue
         if record and record.get("merge_any"):
             merge_any.append(record)
@@ -354,14 +374,16 @@ def scan_proc(proc_root: str = PROC_ROOT,
                 rmap = _rmap_items(pid, proc_root)
                 if rmap is not None:
                     record["rmap_items"] = rmap
-            comms[pid] = stat.comm
             records.append(record)
-    records.sort(key=lambda r: (r["merging_pages"], r.get("zero_pages", 0), -r["pid"]), reverse=True)
-    top = records[:limit] if limit > 0 else []
+    top = heapq.nlargest(limit, records, key=lambda r: (r["merging_pages"], r.get("zero_pages", 0), -r["pid"])) \
+        if limit > 0 else []
     processes: t.List[Facts] = []
     for record in top:
         pid = record["pid"]
-        record["comm"] = comms[pid]
+        stat = _procfs.read_proc_stat(pid, proc_root)
+        if stat is None:
+            continue  # exited since its KSM file was read
+        record["comm"] = stat.comm
         record["merged_bytes"] = (record["merging_pages"] + record.get("zero_pages", 0)) * page_size
         argv = _procfs.read_cmdline(pid, proc_root)
         record["guest"] = qemu_guest_name(argv) if is_qemu(record["comm"], argv) else None
@@ -372,6 +394,7 @@ def scan_proc(proc_root: str = PROC_ROOT,
     return {"ksmtuned_pids": sorted(comm_pids["ksmtuned"]),
             "comm_pids": dict((comm, sorted(found)) for comm, found in comm_pids.items()),
             "guests": guests, "processes": processes, "source": source,
+            "ksmd_pid": min(ksmd) if ksmd else None,
             "merging_services": merging_services(merge_any, page_size, proc_root)}
 
 
@@ -394,9 +417,11 @@ def merging_services(records: t.List[Facts], page_size: int, proc_root: str = PR
     return [units[unit] for unit in sorted(units)]
 
 
-def ksmd_facts(proc_root: str = PROC_ROOT, clock_ticks: t.Optional[int] = None) -> t.Optional[Facts]:
-    """The ksmd kernel thread's pid and CPU time so far; None without one (it exited meanwhile, or no KSM)."""
-    pid = _procfs.ksmd_pid(proc_root)
+def ksmd_facts(proc_root: str = PROC_ROOT, clock_ticks: t.Optional[int] = None,
+               pid: t.Optional[int] = None) -> t.Optional[Facts]:
+    """The ksmd kernel thread's pid and CPU time so far; None without one (it exited meanwhile, or no KSM).
+    pid: ksmd's pid when the caller found it already (scan_proc's ksmd_pid), else it is looked up."""
+    pid = _procfs.ksmd_pid(proc_root) if pid is None else pid
     seconds = None if pid is None else _procfs.cpu_seconds(pid, proc_root, clock_ticks)
     if seconds is None:
         return None
@@ -489,7 +514,7 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
             "process_file": scan["source"] if processes > 0 else _procfs.process_source(proc_root),
         },
         "numa": numa_facts(node_root, t.cast(t.Optional[bool], tunables.get("merge_across_nodes"))),
-        "ksmd": ksmd_facts(proc_root, clock_ticks),
+        "ksmd": ksmd_facts(proc_root, clock_ticks, scan["ksmd_pid"]),
         "services": services,
         "processes": scan["processes"],
         "merging_services": scan["merging_services"],

@@ -15,6 +15,7 @@ Facts come from the kernel's Documentation/filesystems/proc.rst and Documentatio
 """
 
 import os
+import re
 import typing as t
 
 PROC_ROOT = "/proc"
@@ -74,7 +75,8 @@ def read_small(path: str) -> str:
 
 
 def process_path(pid: Pid, name: str, proc_root: str = PROC_ROOT) -> str:
-    return os.path.join(proc_root, str(pid), name)
+    """<proc_root>/<pid>/<name> (formatted, not os.path.join: this runs twice per process on every host)."""
+    return "{0}/{1}/{2}".format(proc_root, pid, name)
 
 
 def has_process_file(pid: Pid, name: str, proc_root: str = PROC_ROOT) -> bool:
@@ -102,6 +104,16 @@ def parse_cmdline(raw: bytes) -> t.List[str]:
     if text.endswith("\0"):
         text = text[:-1]
     return text.split("\0") if text else []
+
+
+_NOT_IDLE = re.compile(r"[1-9]|yes")  # a count other than 0, or a yes (ksm_merge_any, ksm_mergeable)
+
+
+def ksm_idle(text: str) -> bool:
+    """Whether a per-process KSM file (ksm_stat or ksm_merging_pages) says nothing at all: every count 0, every flag
+    no, or empty (kernel threads). One regular expression search, for the many processes KSM never saw, instead of
+    parsing: parse_ksm_stat would give only zeros and False for such a text."""
+    return _NOT_IDLE.search(text) is None
 
 
 def parse_ksm_stat(text: str) -> t.Dict[str, t.Union[int, bool]]:
@@ -190,6 +202,16 @@ def processes_named(comm: str, proc_root: str = PROC_ROOT) -> t.List[int]:
         except (IOError, OSError):
             continue
     return sorted(found)
+
+
+def read_comm(pid: Pid, proc_root: str = PROC_ROOT) -> t.Optional[str]:
+    """The command name of a process from /proc/<pid>/comm (half the cost of reading stat), or None when it is gone
+    or unreadable. Unlike stat's, it is not escaped: a name with a backslash or a newline reads as it is."""
+    try:
+        text = read_small(process_path(pid, "comm", proc_root))
+    except (IOError, OSError):
+        return None
+    return text[:-1] if text.endswith("\n") else text
 
 
 def read_proc_stat(pid: Pid, proc_root: str = PROC_ROOT) -> t.Optional[ProcStat]:

@@ -502,3 +502,29 @@ def test_scan_finds_numad_guests_and_merging_services(fake_proc):
     assert scan["merging_services"] == [{"unit": "web.service", "pids": [501, 502], "merging_pages": 100,
                                          "merged_bytes": 100 * 4096, "profit_bytes": 300000}]
     assert [p.get("unit") for p in scan["processes"]] == ["web.service", None]
+
+
+def test_scan_reads_stat_only_for_ksmd_qemu_and_the_top_processes(fake_proc):
+    # the pass reads comm and the KSM file of every pid, stat only where comm asks for it: with the stat files of
+    # the other processes gone, everything is still found
+    proc = fake_proc(KTHREADS + [
+        {"pid": 812, "comm": "ksmtuned", "ksm": OBSERVED_6_18},
+        {"pid": 900, "comm": "ksmd", "ppid": 1, "ksm": OBSERVED_6_18},  # a user process called ksmd
+        {"pid": 1001, "comm": "bash", "ksm": OBSERVED_6_18},
+        qemu(1002, 40, "web"),
+        {"pid": 1003, "comm": "python3", "ksm": ksm_stat_text(merging=7, mergeable=True)},
+    ])
+    for pid in (812, 1001):
+        os.remove(os.path.join(proc, str(pid), "stat"))
+    scan = _facts.scan_proc(proc, 10, page_size=4096)
+    assert scan["ksmtuned_pids"] == [812] and scan["ksmd_pid"] == 37
+    assert [(p["pid"], p["comm"], p["guest"]) for p in scan["processes"]] == [
+        (1002, "qemu-system-x86", "web"), (1003, "python3", None)]
+    os.remove(os.path.join(proc, "1003", "stat"))  # exited after its KSM file was read: not reported
+    assert [p["pid"] for p in _facts.scan_proc(proc, 10)["processes"]] == [1002]
+
+
+def test_ksmd_facts_of_a_known_pid(fake_proc):
+    proc = fake_proc(KTHREADS)
+    assert _facts.ksmd_facts(proc, 100, 37) == {"pid": 37, "cpu_seconds": 3.0}
+    assert _facts.ksmd_facts(proc, 100, 99) is None  # exited since it was found

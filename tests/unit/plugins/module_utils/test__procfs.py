@@ -10,7 +10,7 @@ import pytest
 
 from ansible_collections.kvmhost.ksm.plugins.module_utils import _procfs
 
-from ansible_collections.kvmhost.ksm.tests.unit.fake_host import OBSERVED_6_18, make_proc
+from ansible_collections.kvmhost.ksm.tests.unit.fake_host import OBSERVED_6_18, ksm_stat_text, make_proc
 
 HOST_HAS_KSMD = os.path.isdir("/sys/kernel/mm/ksm")
 
@@ -37,6 +37,20 @@ def test_parse_ksm_stat_tolerates_unknown_and_odd_lines():
     text = "ksm_rmap_items 5\nksm_future_counter 7\nksm_future_flag: yes\nnonsense\nksm_bad x\n\n"
     assert _procfs.parse_ksm_stat(text) == {"ksm_rmap_items": 5, "ksm_future_counter": 7, "ksm_future_flag": True}
     assert _procfs.parse_ksm_stat("") == {}  # kernel threads and zombies have no mm
+
+
+@pytest.mark.parametrize("text", [OBSERVED_6_18, "", "0\n", ksm_stat_text(), ksm_stat_text(zero=0, profit=0),
+                                  "ksm_rmap_items 0\n", "ksm_merge_any: no\nksm_mergeable: no\n"])
+def test_ksm_idle_texts_parse_to_nothing(text):
+    assert _procfs.ksm_idle(text)
+    assert not any(_procfs.parse_ksm_stat(text).values())  # what the collector skips would have said nothing
+
+
+@pytest.mark.parametrize("text", ["12\n", "10\n", ksm_stat_text(merging=1), ksm_stat_text(rmap=3),
+                                  ksm_stat_text(zero=2), ksm_stat_text(profit=-64), ksm_stat_text(merge_any=True),
+                                  ksm_stat_text(mergeable=True), "ksm_future_counter 0\nksm_future_flag: yes\n"])
+def test_ksm_idle_is_false_for_anything_to_report(text):
+    assert not _procfs.ksm_idle(text)
 
 
 def test_parse_proc_stat_takes_fields_after_the_last_parenthesis():
@@ -101,6 +115,21 @@ def test_read_proc_stat(tmp_path):
     assert _procfs.read_proc_stat(98, proc) is None
 
 
+def test_read_comm(tmp_path):
+    proc = make_proc(tmp_path / "proc", KTHREADS + [{"pid": 5, "comm": "qemu:web 1"}])
+    assert _procfs.read_comm(37, proc) == "ksmd"
+    assert _procfs.read_comm(5, proc) == "qemu:web 1"  # spaces kept, like stat's
+    assert _procfs.read_comm(99, proc) is None  # exited
+    with open(os.path.join(proc, "5", "comm"), "w") as f:
+        f.write("a\\b")  # no newline, a backslash: as it is (stat would escape the backslash)
+    assert _procfs.read_comm(5, proc) == "a\\b"
+
+
+def test_process_path():
+    assert _procfs.process_path(42, "ksm_stat") == "/proc/42/ksm_stat"
+    assert _procfs.process_path("self", "comm", "/tmp/proc") == "/tmp/proc/self/comm"
+
+
 def test_ksmd_pid_is_the_kernel_thread(tmp_path):
     proc = make_proc(tmp_path / "proc", [{"pid": 9, "comm": "ksmd", "ppid": 1}] + KTHREADS)
     assert _procfs.ksmd_pid(proc) == 37  # a user process called ksmd is not the kernel thread
@@ -138,6 +167,7 @@ def test_pids(tmp_path):
 def test_this_process():
     me = os.getpid()
     assert me in _procfs.pids()
+    assert _procfs.read_comm(me) == _procfs.read_proc_stat(me).comm
     stat = _procfs.read_proc_stat(me)
     assert stat is not None and stat.pid == me and stat.ppid == os.getppid()
     assert os.path.basename(_procfs.read_cmdline(me)[0]).startswith("python")
