@@ -454,8 +454,9 @@ ansible_facts:
             units:
               description:
                 - Per unit (C(ksm.service), C(ksmtuned.service), and where systemd knows them Ubuntu's
-                  C(qemu-kvm.service), C(tuned.service) and the role's C(kvmhost-ksm-governor.service)), its C(load_state) (V(loaded), V(not-found), ...), C(active_state) (V(active), V(inactive), ...)
-                  and C(unit_file_state) (V(enabled), V(disabled), V(masked), ...).
+                  C(qemu-kvm.service), C(tuned.service) and the role's C(kvmhost-ksm-governor.service)), its
+                  C(load_state) (V(loaded), V(not-found), ...), C(active_state) (V(active), V(inactive), ...) and
+                  C(unit_file_state) (V(enabled), V(disabled), V(masked), ...).
                 - Every state is V(unknown) without systemd.
               type: dict
               sample:
