@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 
+import pytest
 import yaml
 
 ROLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "roles", "ksm")
@@ -110,3 +111,23 @@ def test_the_exported_fact_is_set_documented_and_not_an_input():
     section = readme.split("## Variables exported by the role", 1)
     assert len(section) == 2, "the README has no 'Variables exported by the role' section"
     assert "`{0}`".format(name) in section[1].split("\n## ", 1)[0]
+
+
+def test_the_governor_service_passes_what_the_governor_parses():
+    """__ksm_governor_argv (the unit's ExecStart) renders, with the role's defaults, to options _governor accepts:
+    the variables' values, the module's host lock and the state file ksm_facts reads."""
+    jinja2 = pytest.importorskip("jinja2")
+    from ansible_collections.kvmhost.ksm.plugins.module_utils import _governor, _lock
+
+    role_vars = load("vars", "main.yml")
+    context = dict(load("defaults", "main.yml"), **role_vars)
+    expression = JINJA.match(role_vars["__ksm_governor_argv"].strip())
+    assert expression, "__ksm_governor_argv is one Jinja expression"
+    argv = jinja2.Environment().compile_expression(expression.group(0)[2:-2])(**context)
+    assert argv[0] == role_vars["__ksm_governor_command"]
+    args = _governor.parse_args(argv[1:])
+    assert (args.budget, args.settled_budget, args.interval) == (25, 5, 0.5)
+    assert args.start_pages == role_vars["__ksm_static_profile"]["pages_to_scan"]
+    assert args.lock_file == _lock.DEFAULT_PATH == role_vars["__ksm_governor_lock"]
+    assert args.state_file == _governor.DEFAULT_STATE == role_vars["__ksm_governor_state_file"]
+    assert role_vars["__ksm_governor_unit"] == _governor.NAME + ".service"
