@@ -18,12 +18,23 @@ other in time, so a load change on a shared machine cancels out):
 
     python3 bench/facts_cost.py [--rounds 9] [--adhoc-rounds 5] [--payload-rounds 15] [--processes 10]
                                 [--pipelining off|on|both]
+    python3 bench/facts_cost.py --processes-axis [0,100,1000,5000] [--merged both|without|with]
+
+The process-count axis (issue 14; targets ksm_facts <= 1.2 x ping at 1000 extra processes, <= 1.5 x at 5000):
+ping and ksm_facts only, in the payload (wall, CPU) and task shapes, with COUNTS extra idle processes on the host
+(bench/idle_processes.py: forked children of one small helper, started before and stopped by pid after), each
+count without and with merged pages. "With": under the KSM guard (machine-wide lock, KSM saved and restored), the
+merge workload of tests/support/merge_workload.py (4 x 16 MiB) runs too and every extra process holds 2 mergeable
+pages (page i the same in all of them); ksmd merges fast (5000 pages every 10 ms) until a full scan adds nothing,
+then stops with run=0, which keeps the merged pages: the measurement runs with every extra process's ksm_stat
+reporting merged pages, and without ksmd's CPU in the way.
 
 Ansible's fixed cost per task (temporary directory, file transfer, several /bin/sh commands) is the same for the
 three modules and shrinks with ANSIBLE_PIPELINING=true; both settings are measured by default.
 
 Uses the ansible next to this Python and the collection environment of tests/support/collection.py
-(ANSIBLE_COLLECTIONS_PATH from the environment, else this work tree). It only reads KSM, so it needs no guard.
+(ANSIBLE_COLLECTIONS_PATH from the environment, else this work tree). It only reads KSM, so it needs no guard,
+except for the merged cases of the process axis, which take it.
 """
 
 import argparse
@@ -31,6 +42,7 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -292,13 +304,15 @@ def processes_axis(env: dict[str, str], work: str, args: argparse.Namespace) -> 
     """Every count of extra idle processes, without and with merged pages; rows for the table."""
     counts = [int(word) for word in args.processes_axis.split(",")]
     payloads = keep_payloads(env, work, args.processes, AXIS_MODULES)
+    cases = {"both": (False, True), "without": (False,), "with": (True,)}[args.merged]
     can_merge, why = ksm_guard.writable()
-    if not can_merge:
+    if not can_merge and True in cases:
         print(f"merged cases skipped: {why}")
+        cases = tuple(c for c in cases if not c)
     ksm = _sysfs.Sysfs(_sysfs.DEFAULT_ROOT)
     rows = []
     for count in counts:
-        for merged in (False, True) if can_merge else (False,):
+        for merged in cases:
             label = f"{count} extra processes, {'with' if merged else 'without'} merged pages"
             print(f"\n{label}: starting them", flush=True)
             with contextlib.ExitStack() as stack:
@@ -346,8 +360,12 @@ def main() -> int:
     parser.add_argument("--processes-axis", nargs="?", const=AXIS_COUNTS, metavar="COUNTS",
                         help=f"instead: ping and ksm_facts with COUNTS extra idle processes (default {AXIS_COUNTS}), "
                              "each without and with merged pages")
+    parser.add_argument("--merged", choices=("both", "without", "with"), default="both",
+                        help="the axis cases to run: without merged pages, with them (under the KSM guard), or both")
     args = parser.parse_args()
     if args.processes_axis:
+        for number in (signal.SIGTERM, signal.SIGHUP):  # unwind: stop the processes, restore KSM
+            signal.signal(number, lambda signum, _frame: sys.exit(128 + signum))
         with tempfile.TemporaryDirectory(prefix="facts-cost-") as work:
             print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
                   f"Python {sys.version.split()[0]}, ksm_facts processes={args.processes}")

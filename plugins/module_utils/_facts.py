@@ -325,7 +325,7 @@ def scan_proc(proc_root: str = PROC_ROOT,
     "merging_services": [...], "source": ..., "ksmd_pid": ...} (processes sorted).
 
     Cost, for hosts with thousands of processes: per pid it reads comm and, when limit > 0, the per-process KSM file
-    (kernel threads give an empty one); stat only for the few whose comm is ksmd or looks like QEMU (to tell kernel
+    (_procfs.process_texts; kernel threads give an empty one); stat only for the few whose comm is ksmd or looks like QEMU (to tell kernel
     threads) and for the top `limit` (the comm reported is stat's, escaped as before); a KSM file that says nothing
     (ksm_idle: all zero, no flag set, the usual case) is not parsed; command lines and cgroups only for the top
     `limit` and the merge_any processes."""
@@ -339,10 +339,7 @@ def scan_proc(proc_root: str = PROC_ROOT,
     records: t.List[Facts] = []
     merge_any: t.List[Facts] = []
     ksmd: t.List[int] = []
-    for pid in _procfs.pids(proc_root):
-        comm = _procfs.read_comm(pid, proc_root)
-        if comm is None:
-            continue  # exited meanwhile, or unreadable
+    for pid, comm, text in _procfs.process_texts(source if per_process else None, proc_root):
         if comm in comm_pids:
             comm_pids[comm].append(pid)
         if comm == "ksmd" or comm.startswith("qemu") or comm == "kvm":
@@ -355,14 +352,8 @@ def scan_proc(proc_root: str = PROC_ROOT,
                 argv = _procfs.read_cmdline(pid, proc_root)
                 if is_qemu(stat.comm, argv):
                     guests.append((_memory.qemu_memory(argv), _procfs.process_rss(pid, proc_root)))
-        if not per_process or pid == _procfs.KTHREADD_PID:
-            continue
-        try:
-            text = _procfs.read_process_file(pid, t.cast(str, source), proc_root)
-        except (IOError, OSError):
-            continue
-        if _procfs.ksm_idle(text):
-            continue  # kernel thread (empty file) or a process KSM never saw: nothing to report
+        if text is None or _procfs.ksm_idle(text):
+            continue  # not read, unreadable, a kernel thread (empty) or a process KSM never saw: nothing to report
         try:
             record = _process_record(pid, t.cast(str, source), text)
         except ValueError:

@@ -214,6 +214,44 @@ def read_comm(pid: Pid, proc_root: str = PROC_ROOT) -> t.Optional[str]:
     return text[:-1] if text.endswith("\n") else text
 
 
+def _read_at(root_fd: int, path: str) -> bytes:
+    """One read of a small file relative to an open directory (openat: no walk from / for each file)."""
+    fd = os.open(path, os.O_RDONLY, dir_fd=root_fd)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def process_texts(name: t.Optional[str],
+                  proc_root: str = PROC_ROOT) -> t.Iterator[t.Tuple[int, str, t.Optional[str]]]:
+    """(pid, comm, text of <pid>/<name>) for every process in proc_root: the one pass over thousands of processes,
+    so it opens each file relative to proc_root and reads it once. comm is what read_comm gives; text is None when
+    name is None or the file cannot be read (the process exited meanwhile, or the entry is odd). Processes whose comm
+    cannot be read are left out; nothing when proc_root cannot be opened."""
+    try:
+        root_fd = os.open(proc_root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        for entry in os.listdir(root_fd):
+            if not entry.isdigit():
+                continue
+            try:
+                comm = _read_at(root_fd, entry + "/comm").decode("utf-8", "replace")
+            except (IOError, OSError):
+                continue
+            text = None
+            if name is not None:
+                try:
+                    text = _read_at(root_fd, entry + "/" + name).decode("utf-8", "replace")
+                except (IOError, OSError):
+                    pass
+            yield int(entry), comm[:-1] if comm.endswith("\n") else comm, text
+    finally:
+        os.close(root_fd)
+
+
 def read_proc_stat(pid: Pid, proc_root: str = PROC_ROOT) -> t.Optional[ProcStat]:
     """/proc/<pid>/stat parsed, or None when the process is gone or the file is unreadable."""
     try:

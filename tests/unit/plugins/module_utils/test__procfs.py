@@ -5,6 +5,7 @@
 
 import os
 import time
+import typing as t
 
 import pytest
 
@@ -123,6 +124,26 @@ def test_read_comm(tmp_path):
     with open(os.path.join(proc, "5", "comm"), "w") as f:
         f.write("a\\b")  # no newline, a backslash: as it is (stat would escape the backslash)
     assert _procfs.read_comm(5, proc) == "a\\b"
+
+
+def test_process_texts(tmp_path):
+    proc = make_proc(tmp_path / "proc", KTHREADS + [{"pid": 5, "comm": "bash", "ksm": OBSERVED_6_18},
+                                                    {"pid": 6, "comm": "sleep"}])  # 6: no ksm_stat (exited)
+    os.makedirs(os.path.join(proc, "7"))  # exited before its comm was read: left out
+    with open(os.path.join(proc, "8"), "w") as f:  # not a directory
+        f.write("")
+    assert sorted(_procfs.process_texts("ksm_stat", proc)) == [
+        (2, "kthreadd", None), (5, "bash", OBSERVED_6_18), (6, "sleep", None), (37, "ksmd", None)]
+    assert sorted(_procfs.process_texts(None, proc)) == [
+        (2, "kthreadd", None), (5, "bash", None), (6, "sleep", None), (37, "ksmd", None)]
+    assert list(_procfs.process_texts("ksm_stat", str(tmp_path / "missing"))) == []
+
+
+def test_process_texts_on_this_host():
+    mine = dict((pid, (comm, text)) for pid, comm, text in _procfs.process_texts("stat"))
+    comm, text = mine[os.getpid()]
+    assert comm == _procfs.read_comm(os.getpid())
+    assert _procfs.parse_proc_stat(t.cast(str, text)).pid == os.getpid()
 
 
 def test_process_path():
