@@ -311,30 +311,37 @@ def processes_axis(env: dict[str, str], work: str, args: argparse.Namespace) -> 
         cases = tuple(c for c in cases if not c)
     ksm = _sysfs.Sysfs(_sysfs.DEFAULT_ROOT)
     rows = []
-    for count in counts:
-        for merged in cases:
-            label = f"{count} extra processes, {'with' if merged else 'without'} merged pages"
-            print(f"\n{label}: starting them", flush=True)
-            with contextlib.ExitStack() as stack:
-                if merged:
-                    stack.enter_context(ksm_guard.guarded())  # lock, save, restore after the processes stopped
-                    stack.enter_context(Workload(*WORKLOAD))
-                idle = stack.enter_context(IdleProcesses(count, EXTRA_PAGES if merged else 0))
-                note = ""
-                if merged:
-                    sharing = merge_now(ksm)
-                    note = (f"pages_sharing {sharing}, extra processes with merged pages "
-                            f"{merged_processes(idle.pids)}/{count}")
-                    print(f"  merged: {note}", flush=True)
-                shapes = measure_case(env, work, payloads, args)
-            for shape, times in shapes.items():
-                ping, facts = times["ansible.builtin.ping"], times["kvmhost.ksm.ksm_facts"]
-                target = AXIS_TARGETS.get(count, 1.2)
-                ratio = paired_ratio(facts, ping)
-                rows.append((count, merged, shape, statistics.median(ping), statistics.median(facts), ratio, target))
-                print(f"  {shape:<24} ping {statistics.median(ping) * 1000:6.0f} ms   ksm_facts "
-                      f"{statistics.median(facts) * 1000:6.0f} ms   ratio {ratio:.2f} (target <= {target})",
-                      flush=True)
+    for merged in cases:  # the cases without merged pages first: they need no lock
+        with contextlib.ExitStack() as guard:
+            if merged:
+                print("\nwaiting for the KSM guard (other KSM benchmarks and tests hold it while they run)", flush=True)
+                guard.enter_context(ksm_guard.guarded())  # lock, save; restore after the last processes stopped
+            for count in counts:
+                rows += axis_case(env, work, payloads, args, ksm, count, merged)
+    return rows
+
+
+def axis_case(env: dict[str, str], work: str, payloads: dict[str, str], args: argparse.Namespace, ksm: t.Any,
+              count: int, merged: bool) -> list[tuple[t.Any, ...]]:
+    """One point of the axis: start the processes (and merge), measure, stop them; its rows."""
+    print(f"\n{count} extra processes, {'with' if merged else 'without'} merged pages", flush=True)
+    with contextlib.ExitStack() as stack:
+        if merged:
+            stack.enter_context(Workload(*WORKLOAD))
+        idle = stack.enter_context(IdleProcesses(count, EXTRA_PAGES if merged else 0))
+        if merged:
+            sharing = merge_now(ksm)
+            print(f"  merged: pages_sharing {sharing}, extra processes with merged pages "
+                  f"{merged_processes(idle.pids)}/{count}", flush=True)
+        shapes = measure_case(env, work, payloads, args)
+    rows = []
+    for shape, times in shapes.items():
+        ping, facts = times["ansible.builtin.ping"], times["kvmhost.ksm.ksm_facts"]
+        target = AXIS_TARGETS.get(count, 1.2)
+        ratio = paired_ratio(facts, ping)
+        rows.append((count, merged, shape, statistics.median(ping), statistics.median(facts), ratio, target))
+        print(f"  {shape:<24} ping {statistics.median(ping) * 1000:6.0f} ms   ksm_facts "
+              f"{statistics.median(facts) * 1000:6.0f} ms   ratio {ratio:.2f} (target <= {target})", flush=True)
     return rows
 
 
