@@ -57,6 +57,7 @@ MOLECULE_INVENTORY = os.path.join(REPO, "extensions", "molecule", "inventory", "
 KSM = "/sys/kernel/mm/ksm"
 RECAP = re.compile(r"^(\S+)\s*: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+skipped=(\d+)"
                    r"\s+rescued=(\d+)\s+ignored=(\d+)", re.M)
+INOTIFY_PER_CONTAINER = 5  # measured: systemd 3, dbus-daemon 1, systemd-logind 1 (tests/hosts/nspawn_hosts.py)
 TARGETS = {"rerun": 2.0, "first": 3.0}
 
 # A timing callback for --profile: seconds per task name summed over the run (tasks run host-parallel, so this is
@@ -309,6 +310,30 @@ def preflight(sizes: list[int]) -> None:
     if avail < need:
         raise Fail(f"only {avail} MiB of memory are available, {need} MiB are needed for {max(sizes)} containers; "
                    "pass smaller --sizes.")
+    with open("/proc/sys/fs/inotify/max_user_instances") as f:
+        limit = int(f.read())
+    used = inotify_instances()
+    need = INOTIFY_PER_CONTAINER * max(sizes)
+    if used + need > limit:
+        raise Fail(f"{max(sizes)} containers need about {need} inotify instances of root (their systemd, dbus and "
+                   f"logind), and fs.inotify.max_user_instances is {limit} with {used} in use; pass smaller --sizes "
+                   f"or raise that limit to {used + need + 16} or more.")
+
+
+def inotify_instances() -> int:
+    """inotify instances open now (every process here runs as root: the limit is per user)."""
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                count += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify"
+            except OSError:
+                pass
+    return count
 
 
 def export(ref: str, workdir: str) -> str:
