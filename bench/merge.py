@@ -955,7 +955,7 @@ def main() -> int:
         print(f"bench/merge needs the real, writable KSM of this machine: {why}", file=sys.stderr)
         return 77
     if not args.guests and not args.scale:
-        refusal = memory_refusal(max(spec.mib for spec, *_rest in steps if spec))
+        refusal = memory_refusal(max((spec.mib for spec, *_rest in steps if spec), default=0))
         if refusal:
             print(f"bench/merge: {refusal}.", file=sys.stderr)
             return 1
