@@ -167,12 +167,19 @@ def in_batches(names: list[str], parallel: int) -> list[list[str]]:
 def boot(names: list[str], env: dict[str, str], parallel: int) -> float:
     """Boot the containers with `parallel` nspawn-hosts processes at once; seconds until all are running."""
     start = time.perf_counter()
-    procs = [nspawn(["up"] + batch, env) for batch in in_batches(names, parallel)]
-    outputs = [(p.wait(), p.stdout.read()) for p in procs]
-    bad = [out for rc, out in outputs if rc != 0]
-    if bad:
-        raise Fail(f"booting the containers failed: {bad[0].strip()}")
-    return time.perf_counter() - start
+    batches = in_batches(names, parallel)
+    for attempt in (1, 2):
+        procs = [(batch, nspawn(["up"] + batch, env)) for batch in batches]
+        outputs = [(batch, p.wait(), p.stdout.read()) for batch, p in procs]
+        batches = [batch for batch, rc, _out in outputs if rc != 0]  # nspawn-hosts stopped a failed batch
+        if not batches:
+            return time.perf_counter() - start
+        why = next(out for _batch, rc, out in outputs if rc != 0).strip()
+        if attempt == 1:
+            # Under heavy load a oneshot unit (systemd-update-utmp) can fail its boot: once more, as one batch.
+            print(f"boot of {' '.join(sum(batches, []))} failed once, retrying: {why.splitlines()[0]}", flush=True)
+            batches = [sum(batches, [])]
+    raise Fail(f"booting the containers failed twice: {why}")
 
 
 def stop(names: list[str], env: dict[str, str], parallel: int) -> None:
