@@ -385,6 +385,8 @@ def run(args: argparse.Namespace) -> int:
                     for n in sizes:
                         row = one_size(n, rep, ctx)
                         rows.append(row)
+                        with open(os.path.join(args.out, "rows.json"), "w") as f:  # so far, in case of a failure
+                            json.dump(rows, f, indent=1)
                         print(f"run {rep} N={n}: boot {row['boot']:.1f} s, first {row['first']:.1f} s, naive "
                               f"{row['naive']:.1f} s, rerun {row['rerun']:.1f} s (changed=0 on every host)",
                               flush=True)
