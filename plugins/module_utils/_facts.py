@@ -325,10 +325,10 @@ def scan_proc(proc_root: str = PROC_ROOT,
     "merging_services": [...], "source": ..., "ksmd_pid": ...} (processes sorted).
 
     Cost, for hosts with thousands of processes: per pid it reads comm and, when limit > 0, the per-process KSM file
-    (_procfs.process_texts; kernel threads give an empty one); stat only for the few whose comm is ksmd or looks like QEMU (to tell kernel
-    threads) and for the top `limit` (the comm reported is stat's, escaped as before); a KSM file that says nothing
-    (ksm_idle: all zero, no flag set, the usual case) is not parsed; command lines and cgroups only for the top
-    `limit` and the merge_any processes."""
+    (_procfs.process_texts; kernel threads give an empty one); stat only for the few whose comm is ksmd or looks
+    like QEMU (to tell kernel threads) and for the top `limit` (the comm reported is stat's, escaped as before); a
+    KSM file that says nothing (ksm_idle: all zero, no flag set, the usual case) is not parsed; command lines and
+    cgroups only for the top `limit` and the merge_any processes."""
     if limit > 0 and source is None:
         source = _procfs.process_source(proc_root)
     per_process = limit > 0 and source is not None

@@ -65,9 +65,10 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8", "replace")
 
 
-def read_small(path: str) -> str:
-    """A /proc or sysfs file that the kernel hands out whole in one read of a page (stat, ksm_stat, ...)."""
-    fd = os.open(path, os.O_RDONLY)
+def read_small(path: str, dir_fd: t.Optional[int] = None) -> str:
+    """A /proc or sysfs file that the kernel hands out whole in one read of a page (stat, ksm_stat, ...).
+    dir_fd: an open directory that a relative path starts from (openat: no walk from / for each file)."""
+    fd = os.open(path, os.O_RDONLY, dir_fd=dir_fd)
     try:
         return os.read(fd, 4096).decode("utf-8", "replace")
     finally:
@@ -204,31 +205,27 @@ def processes_named(comm: str, proc_root: str = PROC_ROOT) -> t.List[int]:
     return sorted(found)
 
 
-def read_comm(pid: Pid, proc_root: str = PROC_ROOT) -> t.Optional[str]:
-    """The command name of a process from /proc/<pid>/comm (half the cost of reading stat), or None when it is gone
-    or unreadable. Unlike stat's, it is not escaped: a name with a backslash or a newline reads as it is."""
-    try:
-        text = read_small(process_path(pid, "comm", proc_root))
-    except (IOError, OSError):
-        return None
+def parse_comm(text: str) -> str:
+    """/proc/<pid>/comm -> the command name (its newline dropped). Unlike stat's comm it is not escaped: a name
+    with a backslash or a newline reads as it is."""
     return text[:-1] if text.endswith("\n") else text
 
 
-def _read_at(root_fd: int, path: str) -> bytes:
-    """One read of a small file relative to an open directory (openat: no walk from / for each file)."""
-    fd = os.open(path, os.O_RDONLY, dir_fd=root_fd)
+def read_comm(pid: Pid, proc_root: str = PROC_ROOT) -> t.Optional[str]:
+    """The command name of a process (parse_comm; half the cost of reading stat), or None when it is gone or
+    unreadable."""
     try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
+        return parse_comm(read_small(process_path(pid, "comm", proc_root)))
+    except (IOError, OSError):
+        return None
 
 
 def process_texts(name: t.Optional[str],
                   proc_root: str = PROC_ROOT) -> t.Iterator[t.Tuple[int, str, t.Optional[str]]]:
     """(pid, comm, text of <pid>/<name>) for every process in proc_root: the one pass over thousands of processes,
-    so it opens each file relative to proc_root and reads it once. comm is what read_comm gives; text is None when
-    name is None or the file cannot be read (the process exited meanwhile, or the entry is odd). Processes whose comm
-    cannot be read are left out; nothing when proc_root cannot be opened."""
+    so it opens each file relative to an open proc_root (read_small's dir_fd) and reads it once. comm as parse_comm
+    gives it; text is None when name is None or the file cannot be read (the process exited meanwhile, or the entry
+    is odd). Processes whose comm cannot be read are left out; nothing when proc_root cannot be opened."""
     try:
         root_fd = os.open(proc_root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -238,16 +235,16 @@ def process_texts(name: t.Optional[str],
             if not entry.isdigit():
                 continue
             try:
-                comm = _read_at(root_fd, entry + "/comm").decode("utf-8", "replace")
+                comm = parse_comm(read_small(entry + "/comm", root_fd))
             except (IOError, OSError):
                 continue
             text = None
             if name is not None:
                 try:
-                    text = _read_at(root_fd, entry + "/" + name).decode("utf-8", "replace")
+                    text = read_small(entry + "/" + name, root_fd)
                 except (IOError, OSError):
                     pass
-            yield int(entry), comm[:-1] if comm.endswith("\n") else comm, text
+            yield int(entry), comm, text
     finally:
         os.close(root_fd)
 
