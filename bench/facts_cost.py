@@ -22,8 +22,8 @@ other in time, so a load change on a shared machine cancels out):
 
 The process-count axis (issue 14; targets ksm_facts <= 1.2 x ping at 1000 extra processes, <= 1.5 x at 5000):
 ping and ksm_facts only, in the payload (wall, CPU) and task shapes, with COUNTS extra idle processes on the host
-(bench/idle_processes.py: forked children of one small helper, started before and stopped by pid after), each
-count without and with merged pages. "With": under the KSM guard (machine-wide lock, KSM saved and restored), the
+(tests/support/idle_processes.py: forked children of one small helper, started before and stopped by pid after),
+each count without and with merged pages. "With": under the KSM guard (machine-wide lock, KSM saved and restored), the
 merge workload of tests/support/merge_workload.py (4 x 16 MiB) runs too and every extra process holds 2 mergeable
 pages (page i the same in all of them); ksmd merges fast (5000 pages every 10 ms) until a full scan adds nothing,
 then stops with run=0, which keeps the merged pages: the measurement runs with every extra process's ksm_stat
@@ -53,8 +53,8 @@ import typing as t
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from idle_processes import IdleProcesses  # noqa: E402  (bench/, this script's directory)
 from support import collection, ksm_guard, tools  # noqa: E402  (tests/support; ksm_guard imports the collection)
+from support.idle_processes import IdleProcesses  # noqa: E402
 from support.merge_workload import Workload  # noqa: E402
 
 from ansible_collections.kvmhost.ksm.plugins.module_utils import _apply, _procfs, _sysfs  # noqa: E402

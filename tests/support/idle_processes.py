@@ -6,11 +6,12 @@
 With pages > 0 every child also holds that many private anonymous pages marked MADV_MERGEABLE, page i the same in
 every child (and all pages of one child different), so once KSM has scanned them each child has merged pages of its
 own and /proc/<pid>/ksm_stat shows them. A child is forked from a small Python without threading and creates no
-objects, so it copies little of the parent (measured on this machine: about 200 KiB of memory per child,
-page tables and kernel structures included). The parent stops its children by pid when its stdin closes (also when
-the benchmark dies) or it gets SIGTERM, so nothing outlives the benchmark, also on failure or Ctrl-C.
+objects, so it copies little of the parent (measured on this machine: about 200 KiB of its own memory per child,
+plus about 110 KiB of page tables and kernel structures). The parent stops its children by pid when its stdin
+closes (also when the benchmark dies) or it gets SIGTERM, so nothing outlives the benchmark, also on failure or
+Ctrl-C.
 
-    python3 bench/idle_processes.py --count 1000 [--pages 2]   # prints 'ready', runs until stdin closes
+    python3 tests/support/idle_processes.py --count 1000 [--pages 2]   # prints "ready", runs until stdin closes
 
 From Python: ``with IdleProcesses(count=1000, pages=2) as idle: ...`` (idle.pids).
 """
