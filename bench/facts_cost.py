@@ -53,9 +53,11 @@ import typing as t
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from support import collection, ksm_guard, tools  # noqa: E402  (tests/support; ksm_guard imports the collection)
+from support import collection, ksm_guard, tools  # noqa: E402  (tests/support)
 from support.idle_processes import IdleProcesses  # noqa: E402
 from support.merge_workload import Workload  # noqa: E402
+
+collection.import_collection()
 
 from ansible_collections.kvmhost.ksm.plugins.module_utils import _apply, _procfs, _sysfs  # noqa: E402
 

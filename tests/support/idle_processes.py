@@ -28,7 +28,7 @@ PAGE = mmap.PAGESIZE
 # No threading here (nor subprocess, which imports it): its at-fork hook alone makes each child copy about 400 KiB.
 
 
-def mergeable_area(pages: int) -> t.Optional[mmap.mmap]:
+def mergeable_area(pages: int) -> mmap.mmap | None:
     """pages private anonymous pages, page i starting with i + 1 and zero after, marked MADV_MERGEABLE (children
     inherit the mapping and the mark)."""
     if not pages:
@@ -40,7 +40,7 @@ def mergeable_area(pages: int) -> t.Optional[mmap.mmap]:
     return area
 
 
-def child(area: t.Optional[mmap.mmap], offsets: t.List[int]) -> None:
+def child(area: mmap.mmap | None, offsets: list[int]) -> None:
     """The body of one idle child: own copies of the mergeable pages (one byte written to each), then sleep until
     killed. Never returns. It creates no Python objects, so it copies almost nothing of the parent's heap (not even
     signal.signal, which costs 100-300 KiB here: the parent's SIGTERM handler, inherited, ends a child too)."""
@@ -56,7 +56,7 @@ def child(area: t.Optional[mmap.mmap], offsets: t.List[int]) -> None:
 
 def hold(count: int, pages: int) -> None:
     """Fork the children, print 'ready', wait until stdin closes or SIGTERM, then stop and reap every child."""
-    children: t.List[int] = []
+    children: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     area = mergeable_area(pages)
     offsets = [i * PAGE + 8 for i in range(pages)]
@@ -92,7 +92,7 @@ class IdleProcesses:
         self.proc: t.Any = None  # the helper's subprocess.Popen
 
     @property
-    def pids(self) -> t.List[int]:
+    def pids(self) -> list[int]:
         """The children's pids (read from /proc: the helper's children)."""
         if self.proc is None:
             return []
