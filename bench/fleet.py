@@ -160,6 +160,11 @@ def nspawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
                             text=True)
 
 
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    out = proc.communicate()[0]
+    return proc.returncode, out
+
+
 def in_batches(names: list[str], parallel: int) -> list[list[str]]:
     return [names[i::parallel] for i in range(min(parallel, len(names)))]
 
@@ -170,7 +175,7 @@ def boot(names: list[str], env: dict[str, str], parallel: int) -> float:
     batches = in_batches(names, parallel)
     for attempt in (1, 2):
         procs = [(batch, nspawn(["up"] + batch, env)) for batch in batches]
-        outputs = [(batch, p.wait(), p.stdout.read()) for batch, p in procs]
+        outputs = [(batch, *finish(p)) for batch, p in procs]
         batches = [batch for batch, rc, _out in outputs if rc != 0]  # nspawn-hosts stopped a failed batch
         if not batches:
             return time.perf_counter() - start
@@ -299,7 +304,7 @@ def machine_info() -> dict[str, t.Any]:
                 break
     with open("/proc/meminfo") as f:
         ram = int(f.readline().split()[1]) / 1024 / 1024
-    version = subprocess.run([playbook_tool(), "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([playbook_tool(), "--version"], capture_output=True, text=True, check=False).stdout
     match = re.search(r"core ([\d.]+)", version)
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(ram, 1), "kernel": platform.release(),
             "ansible": match.group(1) if match else "?", "load": round(os.getloadavg()[0], 2),
@@ -360,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
     preflight(sizes)
     os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
     image = subprocess.run([os.path.join(HOSTS, "molecule-image")], env=dict(os.environ, MOLECULE_DISTRO="debian12"),
-                           stdout=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, text=True, check=False)
     if image.returncode != 0:
         raise Fail("building or finding the molecule test image failed (tests/hosts/molecule-image; output above).")
     subprocess.run([os.path.join(HOSTS, "setup-host")], check=True)
@@ -391,7 +396,8 @@ def run(args: argparse.Namespace) -> int:
                               f"{row['naive']:.1f} s, rerun {row['rerun']:.1f} s (changed=0 on every host)",
                               flush=True)
         finally:
-            subprocess.run([NSPAWN_HOSTS, "down"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run([NSPAWN_HOSTS, "down"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           check=False)
     table = summarise(rows, sizes)
     text = markdown(table, machine)
     duration = time.perf_counter() - started
