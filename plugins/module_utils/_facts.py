@@ -21,7 +21,7 @@ import platform
 import sys
 import typing as t
 
-from ansible_collections.kvmhost.ksm.plugins.module_utils import _governor, _managers, _memory, _procfs
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _governor_state, _managers, _memory, _procfs
 from ansible_collections.kvmhost.ksm.plugins.module_utils._procfs import PROC_ROOT
 from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
     DEFAULT_ROOT,
@@ -35,7 +35,7 @@ from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import (
 
 NODE_ROOT = "/sys/devices/system/node"
 SYSTEMD_ROOT = "/run/systemd/system"  # exists only while systemd is the running service manager
-GOVERNOR_UNIT = _governor.NAME + ".service"  # the role's budget governor (auto mode)
+GOVERNOR_UNIT = _governor_state.NAME + ".service"  # the role's budget governor (auto mode)
 SERVICE_UNITS = ("ksm.service", "ksmtuned.service", "qemu-kvm.service", "tuned.service", GOVERNOR_UNIT)
 # qemu-kvm.service (Ubuntu), tuned and the governor only where they exist
 ALWAYS_REPORTED_UNITS = ("ksm.service", "ksmtuned.service")
@@ -511,7 +511,7 @@ def collect(sysfs_root: str = DEFAULT_ROOT, processes: int = 10, proc_root: str 
         "merging_services": scan["merging_services"],
         "managers": _managers.detect(services["units"], scan["comm_pids"], root),
         # the role's own budget governor (not one of the managers): its state file, null where it never ran
-        "governor": _governor.read_state(os.path.join(root, _governor.DEFAULT_STATE.lstrip("/"))),
+        "governor": _governor_state.read_state(os.path.join(root, _governor_state.DEFAULT_STATE.lstrip("/"))),
     }
     facts["numa"]["numad_pids"] = scan["comm_pids"]["numad"]
     facts["numa"]["numad_running"] = bool(scan["comm_pids"]["numad"])

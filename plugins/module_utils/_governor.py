@@ -31,7 +31,6 @@ decision (unit tests drive it with a model of ksmd); ``main(argv)`` is the comma
 
 import argparse
 import errno
-import json
 import os
 import signal
 import sys
@@ -39,11 +38,10 @@ import time
 import typing as t
 
 from ansible_collections.kvmhost.ksm.plugins.module_utils import _procfs
+from ansible_collections.kvmhost.ksm.plugins.module_utils._governor_state import DEFAULT_STATE, NAME, write_state
 from ansible_collections.kvmhost.ksm.plugins.module_utils._lock import DEFAULT_PATH as DEFAULT_LOCK, host_lock
 from ansible_collections.kvmhost.ksm.plugins.module_utils._sysfs import DEFAULT_ROOT, KsmError, Sysfs, root_problem
 
-DEFAULT_STATE = "/run/kvmhost-ksm-governor.json"
-NAME = "kvmhost-ksm-governor"
 SETTLE_SHARE = 0.01  # a full scan that merges less than this share of the tracked pages: settled
 SETTLE_MIN_PAGES = 64  # ... and never less than this many pages (small hosts)
 SETTLE_SCANS = 2  # full scans in the merging phase before it may settle (the first one only takes checksums)
@@ -51,6 +49,7 @@ GAIN = 0.8  # exponent on each correction: a little under the model's full step,
 STEP_LIMITS = (0.25, 4.0)  # the most one tick may shrink or grow pages_to_scan
 IDLE_SHARE = 0.0005  # below this share ksmd had nothing to scan (no information) where pages_scanned is missing
 WRITE_TOLERANCE = 0.01  # rates within 1 % of the current one are not written
+STARVED = 0.7  # ksmd scanned less than this share of what its batches and sleeps allow: it waits for a CPU
 HORIZON = 2.0  # seconds over which CPU spent above (or below) the budget is paid back
 
 
@@ -63,6 +62,7 @@ class Sample(t.NamedTuple):
     run: str
     advisor: str
     pages_to_scan: int
+    sleep: float
     cpu: t.Optional[float]
     scanned: t.Optional[int]
     full_scans: int
@@ -129,10 +129,22 @@ class Controller(object):
         if sample.scanned is not None and prev.scanned is not None:
             if sample.scanned == prev.scanned:
                 return None  # ksmd scanned nothing (no mergeable memory): nothing learnt
+            if share < self.target and self._starved(sample, prev):
+                return None
         elif share < IDLE_SHARE:
             return None
         aim = self._aim(share, sample.now - prev.now)
         return self._propose(self._rescale(sample.pages_to_scan, share, aim), sample)
+
+    @staticmethod
+    def _starved(sample: Sample, prev: Sample) -> bool:
+        """Whether ksmd scanned far fewer pages than its batches and sleeps allow: it waits for a CPU (the
+        scheduler, not pages_to_scan, limits it), so a larger pages_to_scan would only pile up for later."""
+        scanned = t.cast(int, sample.scanned) - t.cast(int, prev.scanned)
+        seconds = sample.now - prev.now
+        cost = (t.cast(float, sample.cpu) - t.cast(float, prev.cpu)) / scanned
+        cycle = sample.pages_to_scan * cost + sample.sleep
+        return cycle > 0 and scanned < STARVED * seconds * sample.pages_to_scan / cycle
 
     @classmethod
     def odds(cls, share: float) -> float:
@@ -192,7 +204,7 @@ class Controller(object):
 
 def read_sample(ksm: Sysfs, ksmd: t.Optional[int]) -> Sample:
     """One tick's reading of the KSM files and ksmd's CPU time. KsmError when a KSM file cannot be read."""
-    values = ksm.read_present(["run", "advisor_mode", "pages_to_scan", "pages_scanned", "full_scans",
+    values = ksm.read_present(["run", "advisor_mode", "pages_to_scan", "sleep_millisecs", "pages_scanned", "full_scans",
                                "pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
                                "ksm_zero_pages"])
     for name in ("run", "pages_to_scan"):
@@ -206,6 +218,7 @@ def read_sample(ksm: Sysfs, ksmd: t.Optional[int]) -> Sample:
         run=str(values["run"]),
         advisor=str(values.get("advisor_mode", "none")),
         pages_to_scan=int(values["pages_to_scan"]),
+        sleep=int(values.get("sleep_millisecs", 20)) / 1000.0,
         cpu=cpu,
         scanned=int(values["pages_scanned"]) if "pages_scanned" in values else None,
         full_scans=int(values.get("full_scans", 0)),
@@ -213,30 +226,6 @@ def read_sample(ksm: Sysfs, ksmd: t.Optional[int]) -> Sample:
         tracked=sum(int(values.get(name, 0)) for name in ("pages_shared", "pages_unshared", "pages_volatile"))
         + sharing,
     )
-
-
-def read_state(path: str = DEFAULT_STATE) -> t.Optional[t.Dict[str, t.Any]]:
-    """The governor's state file as a dict; None when it is absent, unreadable or not a JSON object."""
-    try:
-        with open(path) as f:
-            state = json.load(f)
-    except (IOError, OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) else None
-
-
-def write_state(path: str, state: t.Dict[str, t.Any]) -> None:
-    """Replace path with the JSON of state (a temporary file renamed over it); errors are ignored."""
-    tmp = "{0}.{1}.tmp".format(path, os.getpid())
-    try:
-        with open(tmp, "w") as f:
-            json.dump(state, f, sort_keys=True)
-        os.rename(tmp, path)
-    except (IOError, OSError):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def parse_args(argv: t.Optional[t.List[str]]) -> argparse.Namespace:

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from ansible_collections.kvmhost.ksm.plugins.module_utils import _governor
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _governor, _governor_state
 
 from ansible_collections.kvmhost.ksm.tests.unit.conftest import make_tree
 
@@ -32,6 +32,7 @@ class Ksmd(object):
         self.scanned = self.saved = self.full_scans = self.position = self.seen = 0
         self.pages_to_scan = 100
         self.run = "running"
+        self.speed = 1.0  # the share of a core ksmd gets while it runs (other processes compete for the CPU)
 
     def advance(self, seconds):
         end = self.now + seconds
@@ -42,7 +43,7 @@ class Ksmd(object):
             batch = self.pages_to_scan
             work = batch * self.cost(self.full_scans)
             self.cpu += work
-            self.now += work + SLEEP
+            self.now += work / self.speed + SLEEP
             self.scanned += batch
             self.seen = min(self.pages, self.seen + batch)
             if self.full_scans >= 1:
@@ -54,7 +55,7 @@ class Ksmd(object):
 
     def sample(self):
         return _governor.Sample(now=self.now, run=self.run, advisor="none", pages_to_scan=self.pages_to_scan,
-                                cpu=self.cpu, scanned=self.scanned, full_scans=self.full_scans, saved=self.saved,
+                                sleep=SLEEP, cpu=self.cpu, scanned=self.scanned, full_scans=self.full_scans, saved=self.saved,
                                 tracked=self.seen)
 
 
@@ -96,6 +97,21 @@ def test_the_average_holds_when_the_cost_per_page_jumps():
     shares = drive(ksmd, controller(), 12)
     average = sum(shares) / len(shares)
     assert 0.2 <= average <= 0.275, shares
+
+
+def test_does_not_wind_up_while_ksmd_waits_for_a_cpu():
+    """ksmd gets only 15 % of a core (busy host): pages_to_scan is not raised without bound meanwhile, so when the
+    CPU is free again ksmd does not burst far over the budget."""
+    ksmd = Ksmd(pages=10 ** 7, dupes=10 ** 6, cost=lambda scan: 5e-6)
+    control = controller()
+    drive(ksmd, control, 3)
+    calm = ksmd.pages_to_scan
+    ksmd.speed = 0.15
+    drive(ksmd, control, 20)
+    assert ksmd.pages_to_scan <= 2 * calm
+    ksmd.speed = 1.0
+    shares = drive(ksmd, control, 5)
+    assert shares[0] <= 0.5 and 0.2 <= sum(shares[8:]) / len(shares[8:]) <= 0.3, shares
 
 
 def test_settles_after_merging_and_wakes_for_new_memory():
@@ -177,12 +193,12 @@ def test_settled_budget_zero_is_the_minimum_rate():
 
 def test_state_file_round_trip(tmp_path):
     path = str(tmp_path / "state.json")
-    assert _governor.read_state(path) is None
-    _governor.write_state(path, {"phase": "merging", "pages_to_scan": 2300})
-    assert _governor.read_state(path) == {"phase": "merging", "pages_to_scan": 2300}
+    assert _governor_state.read_state(path) is None
+    _governor_state.write_state(path, {"phase": "merging", "pages_to_scan": 2300})
+    assert _governor_state.read_state(path) == {"phase": "merging", "pages_to_scan": 2300}
     with open(path, "w") as f:
         f.write("[1, 2")
-    assert _governor.read_state(path) is None
+    assert _governor_state.read_state(path) is None
     assert os.listdir(str(tmp_path)) == ["state.json"]
 
 
