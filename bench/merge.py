@@ -569,7 +569,8 @@ def measure(cfg: Config, spec: Spec | None, args: argparse.Namespace, ksm: _sysf
                     done = settled(sampler.samples, 10)
                 else:
                     done = last["saved"] >= t.cast(int, saveable) * args.full / 100
-                    done = watch.settled(last) or done if steady else done
+                    if steady and watch.settled(last):  # a saving that stopped growing short of --full
+                        done = True
                 if full_at is None and done:
                     full_at = now
                     if steady:
