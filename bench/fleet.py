@@ -33,7 +33,6 @@ Writes build/bench/fleet/results.{md,json} and logs/ (every playbook run's outpu
 import argparse
 import json
 import os
-import platform
 import re
 import signal
 import statistics
@@ -50,6 +49,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 from support import collection, ksm_guard, tools  # noqa: E402  (tests/support)
+from support.machine import describe  # noqa: E402
 
 HOSTS = os.path.join(REPO, "tests", "hosts")
 NSPAWN_HOSTS = os.path.join(HOSTS, "nspawn-hosts")
@@ -296,19 +296,10 @@ def markdown(table: list[dict[str, t.Any]], machine: dict[str, t.Any]) -> str:
 
 
 def machine_info() -> dict[str, t.Any]:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        ram = int(f.readline().split()[1]) / 1024 / 1024
     version = subprocess.run([playbook_tool(), "--version"], capture_output=True, text=True, check=False).stdout
     match = re.search(r"core ([\d.]+)", version)
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(ram, 1), "kernel": platform.release(),
-            "ansible": match.group(1) if match else "?", "load": round(os.getloadavg()[0], 2),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return dict(describe(), ansible=match.group(1) if match else "?", load=round(os.getloadavg()[0], 2),
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
 
 
 def preflight(sizes: list[int]) -> None:

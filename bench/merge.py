@@ -45,7 +45,6 @@ import glob
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -60,6 +59,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 from support import collection, ksm_guard, merge_workload, tools, venvs  # noqa: E402  (tests/support)
+from support.machine import describe  # noqa: E402
 
 collection.import_collection()
 
@@ -141,7 +141,7 @@ def cpu_seconds(pid: int) -> float:
 
 def sched_ns(pid: int) -> int:
     """ksmd's time on a CPU in ns (/proc/<pid>/schedstat), a cross-check of the tick-based utime + stime."""
-    return int(_procfs.read_process_file(pid, "schedstat").split()[0])
+    return round((_procfs.sched_cpu_seconds(pid) or 0.0) * 1e9)
 
 
 def loadavg() -> str:
@@ -160,17 +160,9 @@ def meminfo() -> list[tuple[str, int, str]]:
 
 
 def machine() -> dict[str, t.Any]:
-    model = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    total = dict((k, v) for k, v, _unit in meminfo())["MemTotal"]
     with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
         thp = f.read().strip()
-    return {"kernel": platform.release(), "cores": os.cpu_count(), "cpu": model,
-            "ram_gib": round(total / 1024 / 1024, 1), "page_size": PAGE, "thp": thp, "load": loadavg()}
+    return dict(describe(), page_size=PAGE, thp=thp, load=loadavg())
 
 
 def other_mergeable(exclude: t.Iterable[int]) -> list[str]:
