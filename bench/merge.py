@@ -901,10 +901,10 @@ def parse_args() -> argparse.Namespace:
     if args.auto_config is None:
         args.auto_config = "role-auto" if os.path.isdir("/run/systemd/system") else "governor"
         if args.shapes or args.scale:
-            print(f"auto = {args.auto_config}" + ("" if args.auto_config == "role-auto" else
-                  ": this host does not run systemd, so the role's auto mode would fall back to the static "
-                  "profile; the governor runs directly instead (--auto-config role-auto to measure the role)"),
-                  flush=True)
+            why = ("" if args.auto_config == "role-auto" else
+                   ": this host does not run systemd, so the role's auto mode would fall back to the static "
+                   "profile; the governor runs directly instead (--auto-config role-auto to measure the role)")
+            print(f"auto = {args.auto_config}{why}", flush=True)
     if args.scale and args.unique is None:
         args.unique = 50
     if args.unique is not None and not 0 <= args.unique <= 100:
