@@ -53,7 +53,7 @@ import typing as t
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from support import collection, ksm_guard, tools  # noqa: E402  (tests/support)
+from support import collection, ksm_guard, plots, tools  # noqa: E402  (tests/support)
 from support.idle_processes import IdleProcesses  # noqa: E402
 from support.merge_workload import Workload  # noqa: E402
 
@@ -357,6 +357,31 @@ def axis_table(rows: list[tuple[t.Any, ...]]) -> str:
     return "\n".join(lines)
 
 
+def write_axis(rows: list[tuple[t.Any, ...]], out: str) -> None:
+    """results.md, results.json and the plot of the process axis (ratio to ping against extra processes)."""
+    os.makedirs(out, exist_ok=True)
+    keys = ("processes", "merged", "shape", "ping", "ksm_facts", "ratio", "target")
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(axis_table(rows) + "\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump([dict(zip(keys, row, strict=True)) for row in rows], f, indent=1)
+    series = []
+    for merged in (False, True):
+        for shape in dict.fromkeys(row[2] for row in rows):
+            points = [(row[0], row[5]) for row in rows if row[1] == merged and row[2] == shape]
+            if points:
+                series.append({"label": f"{shape}, {'with' if merged else 'without'} merged pages",
+                               "x": [p[0] for p in points], "y": [p[1] for p in points]})
+    targets = sorted({(row[0], row[6]) for row in rows if row[0] in AXIS_TARGETS})
+    plots.lines({"title": f"ksm_facts against ping, extra idle processes; kernel {os.uname().release}, "
+                          f"{os.cpu_count()} CPUs",
+                 "panels": [{"title": "ksm_facts / ping (median of per-round ratios)", "xlabel": "extra processes",
+                             "ylabel": "x ping", "logx": True, "series": series,
+                             "hlines": [{"y": v, "label": f"target at {n}: {v:g}x"} for n, v in targets]}]},
+                os.path.join(out, "results.png"))
+    print(f"written: {out}/results.md, results.json, results.png")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=9, help="rounds of the playbook measurement")
@@ -369,6 +394,8 @@ def main() -> int:
     parser.add_argument("--processes-axis", nargs="?", const=AXIS_COUNTS, metavar="COUNTS",
                         help=f"instead: ping and ksm_facts with COUNTS extra idle processes (default {AXIS_COUNTS}), "
                              "each without and with merged pages")
+    parser.add_argument("--out", default=os.path.join(REPO, "build", "bench", "facts_cost"),
+                        help="--processes-axis: folder for results.md, results.json and results.png")
     parser.add_argument("--merged", choices=("both", "without", "with"), default="both",
                         help="the axis cases to run: without merged pages, with them (under the KSM guard), or both")
     args = parser.parse_args()
@@ -380,6 +407,7 @@ def main() -> int:
                   f"Python {sys.version.split()[0]}, ksm_facts processes={args.processes}")
             rows = processes_axis(collection.ansible_env(), work, args)
         print(f"\nload {os.getloadavg()[0]:.2f} at the end\n\n" + axis_table(rows))
+        write_axis(rows, args.out)
         return 0
     with tempfile.TemporaryDirectory(prefix="facts-cost-") as work:
         base = collection.ansible_env()

@@ -48,7 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from support import collection, ksm_guard, tools  # noqa: E402  (tests/support)
+from support import collection, ksm_guard, plots, tools  # noqa: E402  (tests/support)
 from support.machine import describe  # noqa: E402
 
 HOSTS = os.path.join(REPO, "tests", "hosts")
@@ -401,8 +401,26 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     if args.profile:
         print_profile(args.out, rows)
-    print(f"written: {args.out}/results.md, results.json, logs/")
+    plot(table, machine, os.path.join(args.out, "results.png"))
+    print(f"written: {args.out}/results.md, results.json, results.png, logs/")
     return 0
+
+
+def plot(table: list[dict[str, t.Any]], machine: dict[str, t.Any], out: str) -> None:
+    """Wall time and ratio against N (bench/lines_plot.py in the bench venv)."""
+    ns = [row["n"] for row in table]
+    times = [{"label": label, "x": ns, "y": [row[key] for row in table]}
+             for key, label in (("first", "first converge"), ("rerun", "converged re-run"),
+                                ("naive", "naive (3 shell tasks)"))]
+    ratios = [{"label": f"{key} / naive", "x": ns, "y": [row[f"{key}_ratio"] for row in table]} for key in TARGETS]
+    plots.lines({"title": f"kvmhost.ksm role across N hosts; {machine['cpu']}, {machine['cores']} cores, "
+                          f"ansible-core {machine['ansible']}",
+                 "panels": [{"title": "wall time", "xlabel": "hosts (forks = N)", "ylabel": "seconds",
+                             "series": times},
+                            {"title": "ratio to the naive playbook", "xlabel": "hosts (forks = N)",
+                             "ylabel": "x naive", "series": ratios,
+                             "hlines": [{"y": v, "label": f"target {k} {v:g}x"} for k, v in TARGETS.items()]}]},
+                out)
 
 
 def print_profile(out: str, rows: list[dict[str, t.Any]]) -> None:

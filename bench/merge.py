@@ -58,7 +58,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from support import collection, ksm_guard, merge_workload, tools, venvs  # noqa: E402  (tests/support)
+from support import collection, ksm_guard, merge_workload, plots, tools  # noqa: E402  (tests/support)
 from support.machine import describe  # noqa: E402
 
 collection.import_collection()
@@ -808,14 +808,7 @@ def scale_report(results: list[dict[str, t.Any]], info: dict[str, t.Any], args: 
 
 def plot(out: str, extra: list[str] | None = None) -> None:
     """Draw results.png with bench/merge_plot.py in the bench venv (matplotlib), built on first use."""
-    try:
-        venv = venvs.ensure_venv("bench")
-    except venvs.VenvError as exc:
-        print(f"no plot: {exc}")
-        return
-    python = os.path.join(venv, "bin", "python")
-    subprocess.run([python, os.path.join(HERE, "merge_plot.py"), os.path.join(out, "results.json"),
-                    os.path.join(out, "results.png")] + (extra or []), check=False)
+    plots.draw("merge_plot.py", os.path.join(out, "results.json"), os.path.join(out, "results.png"), *(extra or []))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,5 +11,6 @@ Put ``<repo>/tests`` on ``sys.path`` and ``import support.<name>``; every module
 - ``host_packages``: installing the Debian packages a test host needs (stdlib only, system python3);
 - ``ksm_guard``: the machine-wide lock and the save/restore of the real KSM;
 - ``merge_workload``: processes holding identical mergeable pages;
-- ``machine``: what the benchmarks print about the machine (CPU model, cores, RAM, kernel, load).
+- ``machine``: what the benchmarks print about the machine (CPU model, cores, RAM, kernel, load);
+- ``plots``: a benchmark's plot script run in the bench venv (matplotlib).
 """
