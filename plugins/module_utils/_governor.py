@@ -49,7 +49,7 @@ GAIN = 0.8  # exponent on each correction: a little under the model's full step,
 STEP_LIMITS = (0.25, 4.0)  # the most one tick may shrink or grow pages_to_scan
 IDLE_SHARE = 0.0005  # below this share ksmd had nothing to scan (no information) where pages_scanned is missing
 WRITE_TOLERANCE = 0.01  # rates within 1 % of the current one are not written
-STARVED = 0.7  # ksmd scanned less than this share of what its batches and sleeps allow: it waits for a CPU
+STARVED_SLACK = 0.020  # seconds per batch of waiting that timer slack and wake-up latency explain (a sleep)
 HORIZON = 2.0  # seconds over which CPU spent above (or below) the budget is paid back
 
 
@@ -138,13 +138,13 @@ class Controller(object):
 
     @staticmethod
     def _starved(sample: Sample, prev: Sample) -> bool:
-        """Whether ksmd scanned far fewer pages than its batches and sleeps allow: it waits for a CPU (the
-        scheduler, not pages_to_scan, limits it), so a larger pages_to_scan would only pile up for later."""
-        scanned = t.cast(int, sample.scanned) - t.cast(int, prev.scanned)
-        seconds = sample.now - prev.now
-        cost = (t.cast(float, sample.cpu) - t.cast(float, prev.cpu)) / scanned
-        cycle = sample.pages_to_scan * cost + sample.sleep
-        return cycle > 0 and scanned < STARVED * seconds * sample.pages_to_scan / cycle
+        """Whether ksmd waited for a CPU: per batch, the time it neither slept nor ran exceeds its running time
+        (and timer slack). Then the scheduler, not pages_to_scan, limits it, and a larger pages_to_scan would only
+        pile up for later."""
+        batches = (t.cast(int, sample.scanned) - t.cast(int, prev.scanned)) / float(max(sample.pages_to_scan, 1))
+        work = (t.cast(float, sample.cpu) - t.cast(float, prev.cpu)) / batches
+        waiting = (sample.now - prev.now) / batches - sample.sleep - work
+        return waiting > max(work, STARVED_SLACK)
 
     @classmethod
     def odds(cls, share: float) -> float:

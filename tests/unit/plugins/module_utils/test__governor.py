@@ -34,6 +34,7 @@ class Ksmd(object):
         self.run = "running"
         self.speed = 1.0  # the share of a core ksmd gets while it runs (other processes compete for the CPU)
         self.counts_scanned = True  # pages_scanned exists (6.6+)
+        self.slept = SLEEP  # what one sleep really takes (the kernel rounds up to jiffies and wakes late)
 
     def advance(self, seconds):
         end = self.now + seconds
@@ -44,7 +45,7 @@ class Ksmd(object):
             batch = self.pages_to_scan
             work = batch * self.cost(self.full_scans)
             self.cpu += work
-            self.now += work / self.speed + SLEEP
+            self.now += work / self.speed + self.slept
             self.scanned += batch
             self.seen = min(self.pages, self.seen + batch)
             if self.full_scans >= 1:
@@ -121,6 +122,17 @@ def test_does_not_wind_up_while_ksmd_waits_for_a_cpu():
     ksmd.speed = 1.0
     shares = drive(ksmd, control, 5)
     assert shares[0] <= 0.5 and 0.2 <= sum(shares[8:]) / len(shares[8:]) <= 0.3, shares
+
+
+def test_timer_slack_is_not_starvation():
+    """Sleeps that last 24 ms instead of 20 (jiffies, wake-up latency) while ksmd scans little: the rate rises."""
+    ksmd = Ksmd(pages=10 ** 7, dupes=10 ** 6, cost=lambda scan: 2e-6)
+    ksmd.slept = 0.024
+    control = controller()
+    control.step(ksmd.sample())
+    control.commit(100)  # as if the start value were the kernel default
+    drive(ksmd, control, 3)
+    assert ksmd.pages_to_scan > 1000
 
 
 def test_settles_after_merging_and_wakes_for_new_memory():
