@@ -63,7 +63,7 @@ from support.machine import describe  # noqa: E402
 
 collection.import_collection()
 
-from ansible_collections.kvmhost.ksm.plugins.module_utils import _apply, _procfs, _sysfs  # noqa: E402
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _apply, _governor_state, _procfs, _sysfs  # noqa: E402
 
 PAGE = _procfs.page_size()
 MIB = 1024 * 1024
@@ -77,7 +77,6 @@ KERNEL_DEFAULTS = [
 MATRIX_SHAPES = [("start", 0, 4), ("end", 0, 4), ("random", 0, 4), ("start", 50, 4), ("start", 90, 4),
                  ("start", 0, 32)]  # --shapes: (content shape, unique %, processes)
 SCALE_SIZES = "256,1024,2048,4096,8192"
-GOVERNOR_STATE = "/run/kvmhost-ksm-governor.json"  # the governor's default state file (the role's service)
 GOVERNOR_UNIT = "/etc/systemd/system/kvmhost-ksm-governor.service"  # the role's auto mode installs it
 GOVERNOR_MAIN = ("import sys; from ansible_collections.kvmhost.ksm.plugins.module_utils._governor import main; "
                  "sys.exit(main())")
@@ -206,12 +205,8 @@ class Sampler(threading.Thread):
         """The governor's phase from its state file, if it was written since this sampler started."""
         if not self.state_file:
             return None
-        try:
-            with open(self.state_file) as f:
-                state = json.load(f)
-        except (OSError, ValueError):
-            return None
-        fresh = isinstance(state, dict) and isinstance(state.get("updated"), (int, float))
+        state = _governor_state.read_state(self.state_file) or {}
+        fresh = isinstance(state.get("updated"), (int, float))
         return str(state.get("phase")) if fresh and state["updated"] >= self.since else None
 
     def sample(self) -> dict[str, t.Any]:
@@ -525,7 +520,7 @@ def measure(cfg: Config, spec: Spec | None, args: argparse.Namespace, ksm: _sysf
                                  + (", ..." if len(others) > 8 else "") + " (their pages count in the figures)")
             print(f"  WARNING: {result['warning']}", flush=True)
         reset(ksm)
-        sampler = Sampler(ksm, pid, args.interval, GOVERNOR_STATE if cfg.kind == "role" else None)
+        sampler = Sampler(ksm, pid, args.interval, _governor_state.DEFAULT_STATE if cfg.kind == "role" else None)
         if cfg.kind == "governor":
             governor = Governor(work, args.budget)
             sampler.state_file = governor.state
