@@ -51,6 +51,10 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 from support import collection, ksm_guard, plots, tools  # noqa: E402  (tests/support)
 from support.machine import describe  # noqa: E402
 
+collection.import_collection()
+
+from ansible_collections.kvmhost.ksm.plugins.module_utils import _procfs  # noqa: E402
+
 HOSTS = os.path.join(REPO, "tests", "hosts")
 NSPAWN_HOSTS = os.path.join(HOSTS, "nspawn-hosts")
 MOLECULE_INVENTORY = os.path.join(REPO, "extensions", "molecule", "inventory", "hosts.yml")
@@ -307,8 +311,7 @@ def preflight(sizes: list[int]) -> None:
         raise Fail("bench/fleet boots systemd-nspawn containers that share this machine's KSM; run it as root.")
     if not os.path.isfile(os.path.join(KSM, "run")):
         raise Fail(f"{KSM}/run does not exist: this kernel has no KSM for the containers to share.")
-    with open("/proc/meminfo") as f:
-        avail = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) // 1024
+    avail = (_procfs.mem_available() or 0) // (1024 * 1024)
     need = 80 * max(sizes) + 512  # a booted container with sshd uses about 30-60 MiB
     if avail < need:
         raise Fail(f"only {avail} MiB of memory are available, {need} MiB are needed for {max(sizes)} containers; "

@@ -11,6 +11,9 @@ import platform
 import sys
 import typing as t
 
+if __package__ in (None, ""):  # run as a script: make the support package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, or 'unknown CPU'."""
@@ -25,12 +28,11 @@ def cpu_model() -> str:
 
 
 def ram_gib() -> float:
-    """MemTotal in GiB, one decimal."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024 / 1024, 1)
-    return 0.0
+    """MemTotal in GiB, one decimal (the collection's own /proc/meminfo parser)."""
+    from support.collection import import_collection
+    import_collection()
+    from ansible_collections.kvmhost.ksm.plugins.module_utils import _procfs
+    return round(_procfs.meminfo().get("MemTotal", 0) / 1024 ** 3, 1)
 
 
 def describe() -> dict[str, t.Any]:
